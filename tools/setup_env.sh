@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment at <repo>/.venv.
+#
+# Idempotent: a stamp keyed by the hash of this script and the requirement files makes a second run a
+# no-op. mmcv 2.1.0 has no wheel for this torch, so it is built from source with its compiled ops; the
+# built wheel is cached under $ACOUPLENET_WHEEL_CACHE (default ~/.cache/acouplenet/wheels) in a folder
+# keyed by the torch version, Python version and machine, because pip's own cache would hand an mmcv
+# built against one torch to another and fail at import time.
+#
+# Environment:
+#   PYTHON                   interpreter used to create the venv (default: python3, must be 3.9-3.11)
+#   ACOUPLENET_WHEEL_CACHE   where built mmcv wheels are kept
+#   MAX_JOBS                 parallel compile jobs for mmcv (default: number of cores)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
+MMCV_VERSION=2.1.0
+
+log() { printf '[setup_env] %s\n' "$*" >&2; }
+
+stamp_key() {
+  local f
+  for f in "$ROOT/tools/setup_env.sh" "$ROOT"/requirements/*.txt "$ROOT/pyproject.toml"; do
+    if [[ -f "$f" ]]; then cat "$f"; fi
+  done | sha256sum | cut -c1-16
+}
+STAMP="$VENV/.acouplenet-setup-$(stamp_key)"
+if [[ -f "$STAMP" ]]; then
+  exit 0
+fi
+
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if (3, 9) <= sys.version_info[:2] <= (3, 11) else 1)'; then
+  log "error: $PYTHON is $("$PYTHON" -V 2>&1); mmcv 2.1.0 builds on Python 3.9-3.11. Set PYTHON=python3.11."
+  exit 1
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating virtual environment at $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+CONSTRAINTS=(-c "$ROOT/requirements/constraints.txt")
+
+log "installing build tools and torch $TORCH_VERSION / torchvision $TORCHVISION_VERSION"
+"${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r "$ROOT/requirements/build.txt"
+
+TORCH_TAG="$("$VENV/bin/python" -c 'import torch, sys, platform; print(f"torch-{torch.__version__}-cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')"
+CACHE_DIR="${ACOUPLENET_WHEEL_CACHE:-$HOME/.cache/acouplenet/wheels}/$TORCH_TAG"
+
+mmcv_ops_ok() {
+  "$VENV/bin/python" - "$MMCV_VERSION" <<'EOF' >/dev/null 2>&1
+import sys
+import mmcv
+from mmcv.ops import nms, RoIPool  # noqa: F401  (fails if the compiled ops are missing)
+sys.exit(0 if mmcv.__version__ == sys.argv[1] else 1)
+EOF
+}
+
+if ! mmcv_ops_ok; then
+  shopt -s nullglob
+  cached=("$CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl)
+  shopt -u nullglob
+  if (( ${#cached[@]} == 0 )); then
+    log "building mmcv $MMCV_VERSION with ops against $TORCH_TAG (10-15 minutes on 2 cores, once per torch version)"
+    mkdir -p "$CACHE_DIR"
+    build_dir="$(mktemp -d "$CACHE_DIR/.build.XXXXXX")"
+    trap 'rm -rf "$build_dir"' EXIT
+    "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation -d "$build_dir" "mmcv==$MMCV_VERSION"
+    tar -xzf "$build_dir/mmcv-$MMCV_VERSION.tar.gz" -C "$build_dir"
+    src="$build_dir/mmcv-$MMCV_VERSION"
+    # mmcv 2.1.0 compiles with -std=c++17; the headers of torch >= 2.10 refuse anything below C++20.
+    aten_h="$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "ATen.h"))')"
+    if grep -q 'C++20' "$aten_h"; then
+      sed -i "s/'-std=c++17'/'-std=c++20'/g" "$src/setup.py"
+    fi
+    # --no-build-isolation: mmcv's setup.py imports the torch installed above to compile against it.
+    # --no-cache-dir: pip's cache is not keyed by torch version (see header).
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${PIP[@]}" wheel -q --no-build-isolation --no-deps \
+      --no-cache-dir -w "$build_dir/wheel" "$src"
+    built=("$build_dir"/wheel/mmcv-*.whl)
+    # Move into the cache only once complete: an interrupted build never leaves a wheel that looks whole.
+    mv "${built[0]}" "$CACHE_DIR/"
+    cached=("$CACHE_DIR/$(basename "${built[0]}")")
+  else
+    log "using cached mmcv wheel ${cached[0]}"
+  fi
+  "${PIP[@]}" install -q --no-deps --force-reinstall "${cached[0]}"
+fi
+
+log "installing mmengine, mmdet, openmim and the rest"
+# mmcv's own runtime requirements (it was installed with --no-deps) come with mmengine/mmdet plus these.
+"${PIP[@]}" install -q "${CONSTRAINTS[@]}" addict packaging Pillow pyyaml yapf \
+  -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/mim.txt"
+"${PIP[@]}" install -q --no-deps openmim==0.3.9
+
+if [[ -f "$ROOT/pyproject.toml" ]]; then
+  log "installing the project (editable) so that mim and custom_imports find it from any directory"
+  "${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps --no-build-isolation -e "$ROOT"
+fi
+
+if ! mmcv_ops_ok; then
+  log "error: mmcv $MMCV_VERSION with compiled ops does not import; delete $CACHE_DIR and rerun"
+  exit 1
+fi
+"$VENV/bin/python" -c 'import mmdet, mmengine, torchvision; print("mmdet", mmdet.__version__, "mmengine", mmengine.__version__, "torchvision", torchvision.__version__)'
+
+rm -f "$VENV"/.acouplenet-setup-*
+touch "$STAMP"
+log "environment ready: $VENV"
