@@ -1,0 +1,250 @@
+"""The coupling module of CoupleNet / ACoupleNet (Sec. III-C to III-E).
+
+A shared 1x1 conv + ReLU reduces conv5 to ``mid_channels`` (1024). From it:
+
+* the **local FCN** (R-FCN): 1x1 convs to ``k*k*(C+1)`` class maps and
+  ``k*k*R`` box maps (R = 4, or 4*C class-specific), pooled position-
+  sensitively by the RoI head and averaged over the ``k x k`` bins (voting);
+* the **global FCN**: the reduced map RoI-pooled (k x k) over the proposal and,
+  with context, over its 2x context region, concatenated, then a k x k conv
+  and a 1x1 conv (both + ReLU) and 1x1 classifiers to ``C+1`` and ``R``.
+
+The two branches' scores are normalised ('none', 'l2' or a learned 1x1 conv
+per branch) and coupled ('sum', 'prod' or 'max'); box deltas alike.
+
+Everything after the scores, targets, losses and post-processing (softmax,
+box decoding, NMS), is mmdet's :class:`BBoxHead`.
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmdet.models.roi_heads.bbox_heads import BBoxHead
+from mmdet.registry import MODELS
+
+NORMALIZATIONS = ('none', 'l2', 'conv')
+COUPLINGS = ('sum', 'prod', 'max')
+CONTEXT_BRANCHES = ('global', 'local')
+
+
+def _check_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f'CoupledBBoxHead: {name}={value!r} is invalid; allowed values are '
+                         f'{", ".join(repr(a) for a in allowed)}')
+
+
+def couple(local: Tensor, global_: Tensor, coupling: str) -> Tensor:
+    """Element-wise coupling of two (n, D) branch outputs."""
+    if coupling == 'sum':
+        return local + global_
+    if coupling == 'prod':
+        return local * global_
+    if coupling == 'max':
+        return torch.maximum(local, global_)
+    raise ValueError(f'coupling={coupling!r} is invalid; allowed values are {COUPLINGS}')
+
+
+@MODELS.register_module()
+class CoupledBBoxHead(BBoxHead):
+    """Local (position-sensitive) and global (RoI + context) FCN heads, coupled.
+
+    Args:
+        in_channels (int): Channels of the conv5 map the head reads (2048).
+        mid_channels (int): Channels of the shared 1x1 reduction (1024).
+        global_channels (int): Channels of the global branch's k x k and 1x1
+            convs (1024).
+        group_size (int): ``k``, the bins per side of PS pooling and the RoI
+            pooling size of the global branch (7).
+        num_classes (int): Foreground classes ``C``.
+        with_local (bool): Use the local FCN. ``with_global=False`` with it
+            is R-FCN.
+        with_global (bool): Use the global FCN.
+        with_context (bool): Pool the context region too.
+        context_branch (str): Branch that gets the context: 'global' (the
+            paper's design, concatenated features) or 'local' (the Table III
+            ablation: the context region's voted class scores are added to
+            the proposal's).
+        context_scale (float): Side scale of the context region (2.0).
+        normalization (str): 'none', 'l2' (unit L2 norm per RoI) or 'conv'
+            (a learned (D -> D) 1x1 conv per branch, initialised to the
+            identity so training starts as 'none').
+        coupling (str): 'sum', 'prod' or 'max'.
+        reg_class_agnostic (bool): One box per RoI (the paper) or one per class.
+        **kwargs: ``bbox_coder``, ``loss_cls``, ``loss_bbox``, ... of
+            :class:`BBoxHead`.
+    """
+
+    def __init__(self,
+                 in_channels: int = 2048,
+                 mid_channels: int = 1024,
+                 global_channels: int = 1024,
+                 group_size: int = 7,
+                 num_classes: int = 80,
+                 with_local: bool = True,
+                 with_global: bool = True,
+                 with_context: bool = True,
+                 context_branch: str = 'global',
+                 context_scale: float = 2.0,
+                 normalization: str = 'conv',
+                 coupling: str = 'sum',
+                 reg_class_agnostic: bool = True,
+                 init_cfg=None,
+                 **kwargs) -> None:
+        _check_choice('normalization', normalization, NORMALIZATIONS)
+        _check_choice('coupling', coupling, COUPLINGS)
+        _check_choice('context_branch', context_branch, CONTEXT_BRANCHES)
+        for name, value in (('with_local', with_local), ('with_global', with_global), ('with_context', with_context)):
+            if not isinstance(value, bool):
+                raise ValueError(f'CoupledBBoxHead: {name}={value!r} must be True or False')
+        if not (with_local or with_global):
+            raise ValueError('CoupledBBoxHead: with_local and with_global are both False; '
+                             'enable at least one branch')
+        if not (isinstance(group_size, int) and group_size >= 1):
+            raise ValueError(f'CoupledBBoxHead: group_size={group_size!r} must be a positive int (7 in the paper)')
+        if not context_scale > 0:
+            raise ValueError(f'CoupledBBoxHead: context_scale={context_scale!r} must be > 0')
+        # The classifiers of the global branch are BBoxHead's fc_cls / fc_reg; they see the 1 x 1
+        # output of the k x k conv, hence roi_feat_size=1.
+        super().__init__(with_avg_pool=False, with_cls=True, with_reg=True, roi_feat_size=1,
+                         in_channels=global_channels, num_classes=num_classes,
+                         reg_class_agnostic=reg_class_agnostic, init_cfg=init_cfg, **kwargs)
+        if self.custom_cls_channels:
+            raise ValueError(f'CoupledBBoxHead: {type(self.loss_cls).__name__} needs custom classifier '
+                             f'channels, which the position-sensitive maps do not support; use '
+                             f'CrossEntropyLoss or FocalLoss-style losses with C+1 outputs')
+        self.feat_channels = in_channels
+        self.mid_channels = mid_channels
+        self.global_channels = global_channels
+        self.group_size = group_size
+        self.with_local = with_local
+        self.with_global = with_global
+        self.with_context = with_context
+        self.context_branch = context_branch
+        self.context_scale = float(context_scale)
+        self.normalization = normalization
+        self.coupling = coupling
+        self.cls_dim = num_classes + 1
+        self.reg_dim = self.bbox_coder.encode_size * (1 if reg_class_agnostic else num_classes)
+
+        k2 = group_size * group_size
+        self.reduce_conv = nn.Conv2d(in_channels, mid_channels, 1)
+        self.relu = nn.ReLU(inplace=True)
+        init = [dict(type='Normal', std=0.01, bias=0, override=dict(name='reduce_conv'))]
+        if with_local:
+            self.local_cls_conv = nn.Conv2d(mid_channels, k2 * self.cls_dim, 1)
+            self.local_reg_conv = nn.Conv2d(mid_channels, k2 * self.reg_dim, 1)
+            init += [dict(type='Normal', std=0.01, bias=0, override=dict(name='local_cls_conv')),
+                     dict(type='Normal', std=0.01, bias=0, override=dict(name='local_reg_conv'))]
+        if with_global:
+            global_in = mid_channels * (2 if self.global_context else 1)
+            self.global_conv = nn.Conv2d(global_in, global_channels, group_size)
+            self.global_fc = nn.Conv2d(global_channels, global_channels, 1)
+            init += [dict(type='Normal', std=0.01, bias=0, override=dict(name='global_conv')),
+                     dict(type='Normal', std=0.01, bias=0, override=dict(name='global_fc')),
+                     dict(type='Normal', std=0.01, bias=0, override=dict(name='fc_cls')),
+                     dict(type='Normal', std=0.001, bias=0, override=dict(name='fc_reg'))]
+        else:
+            del self.fc_cls, self.fc_reg
+        if self.coupled and normalization == 'conv':
+            # A 1x1 conv on a (n, D, 1, 1) score map is a D -> D linear map.
+            self.local_cls_scale = self._identity_linear(self.cls_dim)
+            self.global_cls_scale = self._identity_linear(self.cls_dim)
+            self.local_reg_scale = self._identity_linear(self.reg_dim)
+            self.global_reg_scale = self._identity_linear(self.reg_dim)
+        if init_cfg is None:
+            self.init_cfg = init
+
+    @staticmethod
+    def _identity_linear(dim: int) -> nn.Linear:
+        layer = nn.Linear(dim, dim)
+        nn.init.eye_(layer.weight)
+        nn.init.zeros_(layer.bias)
+        return layer
+
+    @property
+    def coupled(self) -> bool:
+        """Both branches present, so normalisation and coupling apply."""
+        return self.with_local and self.with_global
+
+    @property
+    def global_context(self) -> bool:
+        return self.with_global and self.with_context and self.context_branch == 'global'
+
+    @property
+    def local_context(self) -> bool:
+        return self.with_local and self.with_context and self.context_branch == 'local'
+
+    @property
+    def map_names(self) -> Tuple[str, ...]:
+        """Keys of :meth:`forward_maps`, in a fixed order."""
+        return tuple(name for name, used in (('local', self.with_local), ('global', self.with_global)) if used)
+
+    def forward_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        """Per-image maps that the RoI head pools.
+
+        Args:
+            x (Tensor): conv5 features, (N, in_channels, H, W).
+
+        Returns:
+            dict: ``'local'``: (N, k*k*(C+1+R), H, W), the ``k*k*(C+1)`` class
+            maps followed by the ``k*k*R`` box maps, in the layout of
+            :class:`PSRoIExtractor`; ``'global'``: (N, mid_channels, H, W).
+        """
+        if x.size(1) != self.feat_channels:
+            raise ValueError(f'CoupledBBoxHead: got a {x.size(1)}-channel feature map, expected '
+                             f'in_channels={self.feat_channels}')
+        shared = self.relu(self.reduce_conv(x))
+        maps = {}
+        if self.with_local:
+            maps['local'] = torch.cat([self.local_cls_conv(shared), self.local_reg_conv(shared)], dim=1)
+        if self.with_global:
+            maps['global'] = shared
+        return maps
+
+    def forward(self, local_bins: Optional[Tensor] = None, global_feats: Optional[Tensor] = None,
+                local_context_bins: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """Scores and box deltas of n RoIs.
+
+        Args:
+            local_bins (Tensor, optional): PS-pooled local maps, (n, C+1+R, k, k).
+            global_feats (Tensor, optional): RoI-pooled global features,
+                (n, mid_channels * (2 with context else 1), k, k).
+            local_context_bins (Tensor, optional): PS-pooled local maps of the
+                context regions, (n, C+1+R, k, k), for ``context_branch='local'``.
+
+        Returns:
+            tuple: ``cls_score`` (n, C+1) and ``bbox_pred`` (n, R).
+        """
+        local_cls = local_reg = global_cls = global_reg = None
+        if self.with_local:
+            if local_bins is None:
+                raise ValueError('CoupledBBoxHead: the local branch needs local_bins')
+            votes = local_bins.mean(dim=(2, 3))  # average voting over the k x k bins
+            local_cls, local_reg = votes.split([self.cls_dim, self.reg_dim], dim=1)
+            if self.local_context:
+                if local_context_bins is None:
+                    raise ValueError('CoupledBBoxHead: context_branch="local" needs local_context_bins')
+                local_cls = local_cls + local_context_bins.mean(dim=(2, 3))[:, :self.cls_dim]
+        if self.with_global:
+            if global_feats is None:
+                raise ValueError('CoupledBBoxHead: the global branch needs global_feats')
+            if tuple(global_feats.shape[-2:]) != (self.group_size, self.group_size):
+                raise ValueError(f'CoupledBBoxHead: global RoI features are {tuple(global_feats.shape[-2:])}, '
+                                 f'expected {self.group_size}x{self.group_size}; set the RoI layer '
+                                 f'output_size to group_size')
+            g = self.relu(self.global_conv(global_feats))
+            g = self.relu(self.global_fc(g)).flatten(1)
+            global_cls, global_reg = self.fc_cls(g), self.fc_reg(g)
+        if not self.coupled:
+            return (local_cls, local_reg) if self.with_local else (global_cls, global_reg)
+        return (self._couple(local_cls, global_cls, 'cls'), self._couple(local_reg, global_reg, 'reg'))
+
+    def _couple(self, local: Tensor, global_: Tensor, kind: str) -> Tensor:
+        if self.normalization == 'l2':
+            local, global_ = F.normalize(local, dim=1), F.normalize(global_, dim=1)
+        elif self.normalization == 'conv':
+            local = getattr(self, f'local_{kind}_scale')(local)
+            global_ = getattr(self, f'global_{kind}_scale')(global_)
+        return couple(local, global_, self.coupling)

@@ -1,0 +1,118 @@
+"""RoI head feeding both CoupleNet branches.
+
+mmdet's :class:`StandardRoIHead` pools features per RoI and hands them to the
+box head. R-FCN-style heads instead compute their score maps once per image
+and pool those, so :class:`CoupledRoIHead` first turns the conv5 features into
+the box head's per-image maps (:meth:`CoupledBBoxHead.forward_maps`), then lets
+``StandardRoIHead`` run as usual on them: assignment, sampling (OHEM
+included), targets, losses and post-processing are all mmdet's.
+
+The tuple ``StandardRoIHead`` passes around as ``x`` therefore holds
+batch-first per-image tensors: ``(img_sizes, *maps)``, where ``img_sizes`` is
+(N, 2) ``(height, width)`` of each image before padding (to clip context
+regions) and ``maps`` follow ``bbox_head.map_names``. Being batch-first, they
+survive the per-image slicing ``[t[i][None] for t in x]`` that mmdet's
+``OHEMSampler`` does, so OHEM sees the right image size for every RoI.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from mmdet.models.roi_heads import StandardRoIHead
+from mmdet.registry import MODELS
+from mmdet.structures import SampleList
+from mmdet.utils import ConfigType, InstanceList
+
+from .roi_extractors import context_rois
+
+
+@MODELS.register_module()
+class CoupledRoIHead(StandardRoIHead):
+    """RoI head of CoupleNet / ACoupleNet.
+
+    Args:
+        ps_roi_extractor (dict): Position-sensitive pooling of the local
+            branch (:class:`PSRoIExtractor`).
+        bbox_roi_extractor (dict): RoI pooling of the global branch (mmdet's
+            ``SingleRoIExtractor``, e.g. with ``RoIPool`` 7 x 7).
+        bbox_head (dict): :class:`CoupledBBoxHead`.
+        **kwargs: ``train_cfg``, ``test_cfg``, ``init_cfg`` of
+            :class:`StandardRoIHead`. Mask heads and shared heads are not
+            supported.
+    """
+
+    def __init__(self, ps_roi_extractor: ConfigType, bbox_roi_extractor: ConfigType, bbox_head: ConfigType,
+                 **kwargs) -> None:
+        for unsupported in ('mask_head', 'mask_roi_extractor', 'shared_head'):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f'CoupledRoIHead: {unsupported} is not supported; the conv5 stage belongs '
+                                 f'to the backbone (dilated, as in R-FCN) and there is no mask branch')
+        super().__init__(bbox_roi_extractor=bbox_roi_extractor, bbox_head=bbox_head, **kwargs)
+        self.ps_roi_extractor = MODELS.build(ps_roi_extractor)
+        if not hasattr(self.bbox_head, 'forward_maps'):
+            raise ValueError(f'CoupledRoIHead: bbox_head {type(self.bbox_head).__name__} has no forward_maps; '
+                             f'use CoupledBBoxHead')
+
+    # -- per-image inputs -------------------------------------------------------------------------
+    def head_inputs(self, x: Sequence[Tensor], batch_data_samples: Optional[SampleList] = None
+                    ) -> Tuple[Tensor, ...]:
+        """``(img_sizes, *maps)`` from the conv5 features.
+
+        Args:
+            x: ``(conv5,)``, conv5 of shape (N, C, H, W).
+            batch_data_samples: Supplies each image's ``img_shape``; without
+                it the whole (padded) feature extent counts as the image.
+        """
+        if len(x) != 1:
+            raise ValueError(f'CoupledRoIHead takes one feature level (conv5), got {len(x)}; route the '
+                             f'backbone outputs with ACoupleNet(roi_feat_index=...)')
+        feat = x[0]
+        maps = self.bbox_head.forward_maps(feat)
+        if batch_data_samples:
+            img_sizes = feat.new_tensor([list(s.metainfo['img_shape'][:2]) for s in batch_data_samples])
+        else:
+            stride = self.ps_roi_extractor.featmap_strides[0]
+            img_sizes = feat.new_tensor([[feat.size(2) * stride, feat.size(3) * stride]]).expand(feat.size(0), 2)
+        return (img_sizes, ) + tuple(maps[name] for name in self.bbox_head.map_names)
+
+    def forward(self, x: Tuple[Tensor], rpn_results_list: InstanceList,
+                batch_data_samples: SampleList = None) -> tuple:
+        return super().forward(self.head_inputs(x, batch_data_samples), rpn_results_list, batch_data_samples)
+
+    def loss(self, x: Tuple[Tensor], rpn_results_list: InstanceList, batch_data_samples: SampleList) -> dict:
+        return super().loss(self.head_inputs(x, batch_data_samples), rpn_results_list, batch_data_samples)
+
+    def predict(self, x: Tuple[Tensor], rpn_results_list: InstanceList, batch_data_samples: SampleList,
+                rescale: bool = False) -> InstanceList:
+        return super().predict(self.head_inputs(x, batch_data_samples), rpn_results_list, batch_data_samples,
+                               rescale=rescale)
+
+    # -- per-RoI forward --------------------------------------------------------------------------
+    def _bbox_forward(self, x: Sequence[Tensor], rois: Tensor) -> dict:
+        """Pool both branches for (n, 5) ``rois`` and run the box head.
+
+        Args:
+            x: ``(img_sizes, *maps)`` from :meth:`head_inputs` (or a per-image
+                slice of it).
+            rois: (n, 5) ``(batch_index, x1, y1, x2, y2)``.
+
+        Returns:
+            dict: ``cls_score`` (n, C+1), ``bbox_pred`` (n, R) and
+            ``bbox_feats`` (the global branch's pooled features, or None).
+        """
+        head = self.bbox_head
+        img_sizes, *map_list = x
+        maps = dict(zip(head.map_names, map_list))
+        ctx_rois = context_rois(rois, img_sizes, head.context_scale) if head.with_context else None
+        local_bins = local_context_bins = global_feats = None
+        if head.with_local:
+            local_bins = self.ps_roi_extractor((maps['local'], ), rois)
+            if head.local_context:
+                local_context_bins = self.ps_roi_extractor((maps['local'], ), ctx_rois)
+        if head.with_global:
+            global_feats = self.bbox_roi_extractor((maps['global'], ), rois)
+            if head.global_context:
+                global_feats = torch.cat([global_feats, self.bbox_roi_extractor((maps['global'], ), ctx_rois)], 1)
+        cls_score, bbox_pred = head(local_bins, global_feats, local_context_bins)
+        return dict(cls_score=cls_score, bbox_pred=bbox_pred, bbox_feats=global_feats)

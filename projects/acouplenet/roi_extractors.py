@@ -1,0 +1,167 @@
+"""RoI feature extraction for the two ACoupleNet branches.
+
+* :class:`PSRoIExtractor`: position-sensitive RoI pooling (R-FCN) for the local
+  branch, on ``torchvision.ops`` (mmcv has no PS pooling), with mmdet's
+  multi-level mapping inherited from :class:`SingleRoIExtractor`.
+* :func:`context_rois`: the global branch's context region, the proposal
+  scaled about its centre and clipped to its image. mmdet's
+  ``roi_scale_factor`` cannot be used for this: ``SingleRoIExtractor`` ignores
+  it when there is a single feature level (the C4 case) and never clips.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops import PSRoIAlign, PSRoIPool
+
+from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+from mmdet.registry import MODELS
+from mmdet.utils import ConfigType, OptMultiConfig
+
+
+
+class BorderSafePSRoIPool(PSRoIPool):
+    """torchvision's ``PSRoIPool`` with its border bug worked around.
+
+    torchvision's CPU forward clips bin ends to ``H - 1`` / ``W - 1`` (so the
+    last row and column of the map are never pooled) while its backward clips
+    to ``H`` / ``W``. One zero row and column padded at the bottom/right, and
+    RoIs clamped to the map, give the R-FCN definition in both directions:
+    every bin averages the map cells it covers.
+    """
+
+    def forward(self, input: Tensor, rois: Tensor) -> Tensor:
+        height, width = input.shape[-2:]
+        limits = rois.new_tensor([width, height, width, height]) / self.spatial_scale
+        boxes = torch.minimum(rois[:, 1:].clamp(min=0), limits)
+        rois = torch.cat([rois[:, :1], boxes], dim=1)
+        return super().forward(F.pad(input, (0, 1, 0, 1)), rois)
+
+
+PS_ROI_LAYERS = {'PSRoIPool': BorderSafePSRoIPool, 'PSRoIAlign': PSRoIAlign}
+
+
+@MODELS.register_module()
+class PSRoIExtractor(SingleRoIExtractor):
+    """Position-sensitive RoI pooling.
+
+    Channel layout of the input maps (the R-FCN layout, torchvision's): for
+    ``k x k`` bins and ``C_out`` output channels the input has ``k*k*C_out``
+    channels, and input channel ``(c * k + i) * k + j`` holds output channel
+    ``c`` for the bin in row ``i``, column ``j``. So the ``k*k`` maps of one
+    class are contiguous, in row-major bin order.
+
+    Output: (n, C_out, k, k), bin (i, j) of channel ``c`` averaged from its own
+    input channel only.
+
+    Args:
+        roi_layer (dict): ``dict(type='PSRoIPool', output_size=7)`` (R-FCN's
+            quantised average pooling) or ``dict(type='PSRoIAlign',
+            output_size=7, sampling_ratio=2)`` (bilinear sampling).
+        featmap_strides (list[int]): Stride of each input level.
+        out_channels (int, optional): ``C_out``; when given, inputs are checked
+            against it, otherwise it follows from the input channels.
+        finest_scale (int): Level mapping scale, as in ``SingleRoIExtractor``.
+    """
+
+    def __init__(self, roi_layer: ConfigType = dict(type='PSRoIPool', output_size=7),
+                 featmap_strides: List[int] = (16, ), out_channels: Optional[int] = None,
+                 finest_scale: int = 56, init_cfg: OptMultiConfig = None) -> None:
+        super().__init__(roi_layer=roi_layer, out_channels=out_channels, featmap_strides=list(featmap_strides),
+                         finest_scale=finest_scale, init_cfg=init_cfg)
+
+    @property
+    def output_size(self) -> Tuple[int, int]:
+        return self.roi_layers[0].output_size
+
+    def build_roi_layers(self, layer_cfg: ConfigType, featmap_strides: List[int]) -> nn.ModuleList:
+        cfg = dict(layer_cfg)
+        layer_type = cfg.pop('type', None)
+        if layer_type not in PS_ROI_LAYERS:
+            raise ValueError(f'PSRoIExtractor: roi_layer type {layer_type!r} is not supported; '
+                             f'use one of {tuple(PS_ROI_LAYERS)}')
+        if 'output_size' not in cfg:
+            raise ValueError('PSRoIExtractor: roi_layer needs output_size (the group size k, e.g. 7)')
+        cfg['output_size'] = _pair(cfg['output_size'])
+        if layer_type == 'PSRoIAlign':
+            cfg.setdefault('sampling_ratio', 2)
+            # Adaptive sampling (<= 0) takes ceil(roi_size / k) samples per bin: zero samples, and a
+            # 0/0 NaN, for a zero-size RoI.
+            if not isinstance(cfg['sampling_ratio'], int) or cfg['sampling_ratio'] < 1:
+                raise ValueError(f'PSRoIExtractor: sampling_ratio={cfg["sampling_ratio"]!r} must be a '
+                                 f'positive int (adaptive sampling gives NaN on zero-size RoIs)')
+        unknown = set(cfg) - {'output_size', 'sampling_ratio'}
+        if unknown:
+            raise ValueError(f'PSRoIExtractor: unknown roi_layer keys {sorted(unknown)} for {layer_type}')
+        return nn.ModuleList([PS_ROI_LAYERS[layer_type](spatial_scale=1. / s, **cfg) for s in featmap_strides])
+
+    def forward(self, feats: Sequence[Tensor], rois: Tensor, roi_scale_factor: Optional[float] = None) -> Tensor:
+        """Pool position-sensitive score maps.
+
+        Args:
+            feats: One (N, k*k*C_out, H, W) map per level.
+            rois: (n, 5) RoIs ``(batch_index, x1, y1, x2, y2)`` in input pixels.
+            roi_scale_factor: Optional scaling of the RoIs about their centres.
+
+        Returns:
+            Tensor: (n, C_out, k, k).
+        """
+        kh, kw = self.output_size
+        channels = feats[0].size(1)
+        if channels % (kh * kw) != 0:
+            raise ValueError(f'PSRoIExtractor: input has {channels} channels, not a multiple of the '
+                             f'{kh}x{kw} bins; the map conv must output k*k*C_out channels')
+        out_channels = channels // (kh * kw)
+        if self.out_channels is not None and out_channels != self.out_channels:
+            raise ValueError(f'PSRoIExtractor: input has {channels} channels = {kh}x{kw} bins x '
+                             f'{out_channels}, but out_channels={self.out_channels}')
+        # x2 < x1 (a degenerate box) would sample the bins in reverse order.
+        rois = rois.type_as(feats[0])
+        rois = torch.cat([rois[:, :3], torch.maximum(rois[:, 3:5], rois[:, 1:3])], dim=1)
+        if roi_scale_factor is not None:
+            rois = self.roi_rescale(rois, roi_scale_factor)
+        if len(feats) == 1:
+            return self.roi_layers[0](feats[0], rois)
+        # Several levels: each RoI is pooled from the level SingleRoIExtractor maps it to.
+        target_lvls = self.map_roi_levels(rois, len(feats))
+        roi_feats = feats[0].new_zeros(rois.size(0), out_channels, kh, kw)
+        for level, (feat, roi_layer) in enumerate(zip(feats, self.roi_layers)):
+            inds = (target_lvls == level).nonzero(as_tuple=False).squeeze(1)
+            if inds.numel() > 0:
+                roi_feats[inds] = roi_layer(feat, rois[inds])
+            else:
+                # Keep every level in the graph so that DDP sees the same parameters used on all ranks.
+                roi_feats = roi_feats + feat.sum() * 0.
+        return roi_feats
+
+
+def context_rois(rois: Tensor, img_sizes: Tensor, scale: float = 2.0) -> Tensor:
+    """Context regions: each RoI scaled about its centre, clipped to its image.
+
+    Args:
+        rois (Tensor): (n, 5) ``(batch_index, x1, y1, x2, y2)``.
+        img_sizes (Tensor): (N, 2) ``(height, width)`` of each image (before
+            batch padding), indexed by ``batch_index``.
+        scale (float): Side scale; 2.0 doubles width and height.
+
+    Returns:
+        Tensor: (n, 5) context RoIs with ``0 <= x <= width`` and
+        ``0 <= y <= height`` of their image.
+    """
+    if rois.numel() == 0:
+        return rois.clone()
+    img_sizes = img_sizes.to(rois)
+    size = img_sizes[rois[:, 0].long()]
+    height, width = size[:, 0], size[:, 1]
+    cx = (rois[:, 1] + rois[:, 3]) * 0.5
+    cy = (rois[:, 2] + rois[:, 4]) * 0.5
+    half_w = (rois[:, 3] - rois[:, 1]).abs() * (0.5 * scale)
+    half_h = (rois[:, 4] - rois[:, 2]).abs() * (0.5 * scale)
+    zero = torch.zeros_like(cx)
+    x1 = torch.minimum(torch.maximum(cx - half_w, zero), width)
+    x2 = torch.minimum(torch.maximum(cx + half_w, zero), width)
+    y1 = torch.minimum(torch.maximum(cy - half_h, zero), height)
+    y2 = torch.minimum(torch.maximum(cy + half_h, zero), height)
+    return torch.stack([rois[:, 0], x1, y1, x2, y2], dim=1)

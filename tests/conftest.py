@@ -1,0 +1,92 @@
+"""Shared helpers: small detectors built from the real configs, and synthetic batches."""
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+from mmdet.utils import register_all_modules  # noqa: E402
+
+register_all_modules()
+import projects.acouplenet  # noqa: E402,F401  (registers the modules)
+
+CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.py') if '_base_' not in p.parts)
+
+
+def shrink_model_cfg(model_cfg, num_classes=None):
+    """Shrink a detector config for CPU tests: ResNet-18, few channels, few RoIs.
+
+    Only sizes change; every switch of the config (attention stages, branches,
+    normalisation, coupling, context, sampler, pooling type) stays as written.
+    """
+    m = model_cfg
+    backbone = m.backbone.backbone if m.backbone.type == 'AttentionBackbone' else m.backbone
+    backbone.depth = 18
+    backbone.init_cfg = None
+    backbone.pop('pretrained', None)
+    if m.backbone.type == 'AttentionBackbone':
+        m.backbone.attention_channels = 8
+    # ResNet-18 (BasicBlock): conv4 has 256 channels, conv5 512.
+    m.rpn_head.in_channels = 256
+    m.rpn_head.feat_channels = 16
+    roi = m.roi_head
+    if roi.type == 'CoupledRoIHead':
+        roi.bbox_head.in_channels = 512
+        roi.bbox_head.mid_channels = 16
+        roi.bbox_head.global_channels = 16
+        roi.bbox_roi_extractor.out_channels = 16
+    else:  # mmdet's C4 Faster R-CNN: conv5 is the per-RoI shared head
+        roi.shared_head.depth = 18
+        roi.shared_head.init_cfg = None
+        roi.bbox_roi_extractor.out_channels = 256
+        roi.bbox_head.in_channels = 512
+    if num_classes is not None:
+        roi.bbox_head.num_classes = num_classes
+    m.train_cfg.rpn_proposal.nms_pre = 200
+    m.train_cfg.rpn_proposal.max_per_img = 64
+    m.train_cfg.rcnn.sampler.num = 32
+    m.test_cfg.rpn.nms_pre = 200
+    m.test_cfg.rpn.max_per_img = 50
+    return m
+
+
+def make_sample(img_shape=(120, 150), pad_shape=(128, 160), boxes=((10, 10, 60, 70), (50, 40, 140, 110)),
+                labels=(0, 2), masks='bitmap'):
+    """A DetDataSample with boxes and rectangle-shaped instance masks."""
+    from mmengine.structures import InstanceData
+
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks, PolygonMasks
+
+    h, w = pad_shape
+    sample = DetDataSample()
+    sample.set_metainfo(dict(img_shape=tuple(img_shape), ori_shape=tuple(img_shape), pad_shape=tuple(pad_shape),
+                             batch_input_shape=tuple(pad_shape), scale_factor=(1.0, 1.0), img_id=0))
+    gt = InstanceData()
+    gt.bboxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    gt.labels = torch.tensor(labels, dtype=torch.long)
+    if masks == 'bitmap':
+        bitmap = np.zeros((len(boxes), h, w), dtype=np.uint8)
+        for i, (x1, y1, x2, y2) in enumerate(boxes):
+            bitmap[i, int(y1):int(y2), int(x1):int(x2)] = 1
+        gt.masks = BitmapMasks(bitmap, h, w)
+    elif masks == 'polygon':
+        gt.masks = PolygonMasks([[np.array([x1, y1, x2, y1, x2, y2, x1, y2], dtype=np.float64)]
+                                 for x1, y1, x2, y2 in boxes], h, w)
+    sample.gt_instances = gt
+    return sample
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)

@@ -1,0 +1,187 @@
+"""PSRoIExtractor against plain-loop references of R-FCN's position-sensitive pooling."""
+import math
+
+import pytest
+import torch
+
+from projects.acouplenet import PSRoIExtractor
+
+
+def _round(v):  # C's round(): half away from zero (rois here are non-negative)
+    return math.floor(v + 0.5)
+
+
+def ps_roi_pool_reference(feat, rois, k, scale):
+    """Average of the map cells each bin covers, from the bin's own channel (R-FCN)."""
+    n_rois, (_, channels, height, width) = len(rois), feat.shape
+    out = torch.zeros(n_rois, channels // (k * k), k, k, dtype=feat.dtype)
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        start_w, start_h = _round(x1 * scale), _round(y1 * scale)
+        roi_w = max(_round(x2 * scale) - start_w, 1)
+        roi_h = max(_round(y2 * scale) - start_h, 1)
+        for c in range(channels // (k * k)):
+            for i in range(k):
+                for j in range(k):
+                    hs = min(max(math.floor(i * roi_h / k) + start_h, 0), height)
+                    he = min(max(math.ceil((i + 1) * roi_h / k) + start_h, 0), height)
+                    ws = min(max(math.floor(j * roi_w / k) + start_w, 0), width)
+                    we = min(max(math.ceil((j + 1) * roi_w / k) + start_w, 0), width)
+                    if he > hs and we > ws:
+                        out[r, c, i, j] = feat[int(b), (c * k + i) * k + j, hs:he, ws:we].mean()
+    return out
+
+
+def _bilinear(img, y, x):
+    height, width = img.shape
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= height - 1:
+        y0 = y1 = height - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= width - 1:
+        x0 = x1 = width - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * img[y0, x0] + (1 - ly) * lx * img[y0, x1] + ly * (1 - lx) * img[y1, x0]
+            + ly * lx * img[y1, x1])
+
+
+def ps_roi_align_reference(feat, rois, k, scale, sampling_ratio):
+    """Mean of sampling_ratio^2 bilinear samples per bin, from the bin's own channel (half-pixel aligned)."""
+    n_rois, channels = len(rois), feat.shape[1]
+    out = torch.zeros(n_rois, channels // (k * k), k, k, dtype=feat.dtype)
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        sw, sh = x1 * scale - 0.5, y1 * scale - 0.5
+        bw, bh = (x2 * scale - 0.5 - sw) / k, (y2 * scale - 0.5 - sh) / k
+        for c in range(channels // (k * k)):
+            for i in range(k):
+                for j in range(k):
+                    img = feat[int(b), (c * k + i) * k + j]
+                    total = 0.0
+                    for iy in range(sampling_ratio):
+                        for ix in range(sampling_ratio):
+                            total += _bilinear(img, sh + i * bh + (iy + 0.5) * bh / sampling_ratio,
+                                               sw + j * bw + (ix + 0.5) * bw / sampling_ratio)
+                    out[r, c, i, j] = total / sampling_ratio**2
+    return out
+
+
+def _rois_inside(num, height, width, stride, gen):
+    """Random RoIs inside a (height, width) map of the given stride, a few degenerate."""
+    x1 = torch.rand(num, generator=gen, dtype=torch.float64) * width * stride * 0.8
+    y1 = torch.rand(num, generator=gen, dtype=torch.float64) * height * stride * 0.8
+    x2 = torch.minimum(x1 + torch.rand(num, generator=gen, dtype=torch.float64) * width * stride,
+                       torch.tensor(width * stride - 1.0))
+    y2 = torch.minimum(y1 + torch.rand(num, generator=gen, dtype=torch.float64) * height * stride,
+                       torch.tensor(height * stride - 1.0))
+    x2[0], y2[0] = x1[0], y1[0]  # a zero-size RoI
+    batch = torch.randint(0, 2, (num, ), generator=gen).double()
+    return torch.stack([batch, x1, y1, x2, y2], dim=1)
+
+
+@pytest.mark.parametrize('k', [1, 2, 3])
+def test_ps_roi_pool_matches_reference(k):
+    gen = torch.Generator().manual_seed(k)
+    feat = torch.randn(2, k * k * 3, 9, 11, generator=gen, dtype=torch.float64)
+    rois = _rois_inside(12, 9, 11, 4, gen)
+    extractor = PSRoIExtractor(roi_layer=dict(type='PSRoIPool', output_size=k), featmap_strides=[4])
+    out = extractor((feat, ), rois)
+    assert out.shape == (12, 3, k, k)
+    torch.testing.assert_close(out, ps_roi_pool_reference(feat, rois, k, 0.25))
+
+
+def test_ps_roi_pool_includes_last_row_and_column():
+    # torchvision's own CPU kernel drops them; the extractor must not.
+    feat = torch.arange(4 * 16, dtype=torch.float64).reshape(1, 4, 4, 4)
+    extractor = PSRoIExtractor(roi_layer=dict(type='PSRoIPool', output_size=2), featmap_strides=[1])
+    out = extractor((feat, ), torch.tensor([[0., 0., 0., 4., 4.]], dtype=torch.float64))
+    expected = torch.tensor([[feat[0, 0, :2, :2].mean(), feat[0, 1, :2, 2:].mean()],
+                             [feat[0, 2, 2:, :2].mean(), feat[0, 3, 2:, 2:].mean()]], dtype=torch.float64)
+    torch.testing.assert_close(out[0, 0], expected)
+
+
+@pytest.mark.parametrize('sampling_ratio', [1, 2])
+def test_ps_roi_align_matches_reference(sampling_ratio):
+    gen = torch.Generator().manual_seed(7)
+    k = 3
+    feat = torch.randn(2, k * k * 2, 8, 10, generator=gen, dtype=torch.float64)
+    rois = _rois_inside(10, 8, 10, 8, gen)
+    extractor = PSRoIExtractor(roi_layer=dict(type='PSRoIAlign', output_size=k, sampling_ratio=sampling_ratio),
+                               featmap_strides=[8])
+    out = extractor((feat, ), rois)
+    torch.testing.assert_close(out, ps_roi_align_reference(feat, rois, k, 1 / 8, sampling_ratio))
+
+
+@pytest.mark.parametrize('mode', ['PSRoIPool', 'PSRoIAlign'])
+def test_channel_layout(mode):
+    """Input channel (c*k + i)*k + j feeds bin (i, j) of output channel c."""
+    k, c_out = 3, 4
+    channel_ids = torch.arange(k * k * c_out, dtype=torch.float32)
+    feat = channel_ids.view(1, -1, 1, 1).expand(1, k * k * c_out, 12, 12).contiguous()
+    extractor = PSRoIExtractor(roi_layer=dict(type=mode, output_size=k), featmap_strides=[1])
+    out = extractor((feat, ), torch.tensor([[0., 1., 1., 10., 10.]]))
+    expected = torch.tensor([[[(c * k + i) * k + j for j in range(k)] for i in range(k)] for c in range(c_out)],
+                            dtype=torch.float32)
+    torch.testing.assert_close(out[0], expected)
+
+
+@pytest.mark.parametrize('layer', [dict(type='PSRoIPool', output_size=2),
+                                   dict(type='PSRoIAlign', output_size=2, sampling_ratio=2)])
+def test_gradients_match_finite_differences(layer):
+    gen = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 2 * 2 * 3, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = _rois_inside(5, 6, 7, 2, gen)
+    extractor = PSRoIExtractor(roi_layer=layer, featmap_strides=[2])
+    assert torch.autograd.gradcheck(lambda f: extractor((f, ), rois), (feat, ))
+
+
+def test_multi_level_maps_rois_like_single_roi_extractor():
+    gen = torch.Generator().manual_seed(5)
+    feats = (torch.randn(1, 4 * 2, 32, 32, generator=gen), torch.randn(1, 4 * 2, 16, 16, generator=gen))
+    rois = torch.tensor([[0., 4., 4., 40., 40.], [0., 10., 10., 200., 180.]])
+    multi = PSRoIExtractor(roi_layer=dict(type='PSRoIAlign', output_size=2), featmap_strides=[4, 8],
+                           finest_scale=56)
+    out = multi(feats, rois)
+    levels = multi.map_roi_levels(rois, 2)
+    assert levels.tolist() == [0, 1]
+    for i, level in enumerate(levels.tolist()):
+        single = PSRoIExtractor(roi_layer=dict(type='PSRoIAlign', output_size=2),
+                                featmap_strides=[[4, 8][level]])
+        torch.testing.assert_close(out[i:i + 1], single((feats[level], ), rois[i:i + 1]))
+
+
+def test_empty_rois():
+    extractor = PSRoIExtractor(roi_layer=dict(type='PSRoIPool', output_size=7), featmap_strides=[16])
+    out = extractor((torch.randn(1, 49 * 5, 8, 8), ), torch.zeros(0, 5))
+    assert out.shape == (0, 5, 7, 7)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match='not supported.*PSRoIPool'):
+        PSRoIExtractor(roi_layer=dict(type='RoIAlign', output_size=7), featmap_strides=[16])
+    with pytest.raises(ValueError, match='sampling_ratio'):
+        PSRoIExtractor(roi_layer=dict(type='PSRoIAlign', output_size=7, sampling_ratio=0), featmap_strides=[16])
+    extractor = PSRoIExtractor(roi_layer=dict(type='PSRoIPool', output_size=7), featmap_strides=[16])
+    with pytest.raises(ValueError, match='not a multiple'):
+        extractor((torch.randn(1, 50, 8, 8), ), torch.tensor([[0., 0., 0., 32., 32.]]))
+    checked = PSRoIExtractor(roi_layer=dict(type='PSRoIPool', output_size=7), featmap_strides=[16], out_channels=3)
+    with pytest.raises(ValueError, match='out_channels=3'):
+        checked((torch.randn(1, 49 * 5, 8, 8), ), torch.tensor([[0., 0., 0., 32., 32.]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('mode', ['PSRoIPool', 'PSRoIAlign'])
+def test_cuda_matches_cpu(mode):
+    gen = torch.Generator().manual_seed(11)
+    feat = torch.randn(2, 49 * 3, 20, 24, generator=gen)
+    rois = _rois_inside(30, 20, 24, 16, gen).float()
+    extractor = PSRoIExtractor(roi_layer=dict(type=mode, output_size=7), featmap_strides=[16])
+    cpu = extractor((feat, ), rois)
+    gpu = extractor.cuda()((feat.cuda(), ), rois.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-4)
