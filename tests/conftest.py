@@ -32,6 +32,9 @@ def shrink_model_cfg(model_cfg, num_classes=None):
     backbone = m.backbone.backbone if m.backbone.type == 'AttentionBackbone' else m.backbone
     backbone.depth = 18
     backbone.init_cfg = None
+    # Without pretrained weights, zero-initialised last-BN scales stay zero under the configs' frozen BN,
+    # which would cut every residual branch off from the gradient.
+    backbone.zero_init_residual = False
     backbone.pop('pretrained', None)
     if m.backbone.type == 'AttentionBackbone':
         m.backbone.attention_channels = 8

@@ -16,7 +16,7 @@ import re
 from typing import Dict, List, Sequence, Tuple, Type
 
 import torch
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, ModuleDict
 from torch import Tensor, nn
 
 from mmdet.registry import MODELS
@@ -96,7 +96,7 @@ class AttentionMixin:
                              f'or () for no attention')
         self.attention_stages = tuple(sorted(stages))
         if self.attention_stages:
-            self.attention_blocks = nn.ModuleDict({
+            self.attention_blocks = ModuleDict({  # mmengine's, so init_weights reaches the blocks
                 self.res_layers[i]: AttentionBlock(
                     _stage_out_channels(getattr(self, self.res_layers[i]), self.res_layers[i]),
                     attention_channels)

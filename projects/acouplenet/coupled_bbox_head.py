@@ -15,6 +15,8 @@ per branch) and coupled ('sum', 'prod' or 'max'); box deltas alike.
 Everything after the scores, targets, losses and post-processing (softmax,
 box decoding, NMS), is mmdet's :class:`BBoxHead`.
 """
+import difflib
+import inspect
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -33,6 +35,21 @@ def _check_choice(name: str, value, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f'CoupledBBoxHead: {name}={value!r} is invalid; allowed values are '
                          f'{", ".join(repr(a) for a in allowed)}')
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    """Reject unknown arguments with a suggestion, before BBoxHead's bare TypeError."""
+    passed_through = set(inspect.signature(BBoxHead.__init__).parameters) - {
+        'self', 'with_avg_pool', 'with_cls', 'with_reg', 'roi_feat_size', 'in_channels'}
+    unknown = sorted(set(kwargs) - passed_through)
+    if unknown:
+        known = sorted(passed_through | set(inspect.signature(CoupledBBoxHead.__init__).parameters) - {'self', 'kwargs'})
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+        raise TypeError(f'CoupledBBoxHead got unknown argument(s) {", ".join(hints)}; '
+                        f'valid arguments are {", ".join(known)}')
 
 
 def couple(local: Tensor, global_: Tensor, coupling: str) -> Tensor:
@@ -92,6 +109,7 @@ class CoupledBBoxHead(BBoxHead):
                  reg_class_agnostic: bool = True,
                  init_cfg=None,
                  **kwargs) -> None:
+        _check_kwargs(kwargs)
         _check_choice('normalization', normalization, NORMALIZATIONS)
         _check_choice('coupling', coupling, COUPLINGS)
         _check_choice('context_branch', context_branch, CONTEXT_BRANCHES)

@@ -1,24 +1,13 @@
-# COCO with instance masks (attention targets), the paper's multi-scale training (shorter side from
-# {480, 576, 600, 672, 768, 864}, longer side <= 1000) and single-scale 600/1000 testing; box AP only.
-_base_ = 'mmdet::_base_/datasets/coco_instance.py'
+# coco_instance.py with the paper's multi-scale training: shorter side from {480, 576, 600, 672, 768, 864},
+# longer side <= 1000.
+_base_ = './coco_instance.py'
 
 train_scales = [(1000, s) for s in (480, 576, 600, 672, 768, 864)]
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    # mmdet's LoadAnnotations, but an instance without a usable mask keeps its box as its mask.
     dict(type='LoadAttentionAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomChoiceResize', scales=train_scales, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='Resize', scale=(1000, 600), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
-]
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
-val_evaluator = dict(metric='bbox')
-test_evaluator = val_evaluator

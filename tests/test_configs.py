@@ -1,0 +1,97 @@
+"""Every config under configs/ loads, its types resolve, and its (shrunk) model trains and predicts."""
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmdet.registry import DATASETS, MODELS, TRANSFORMS
+
+from projects.acouplenet.roi_extractors import PS_ROI_LAYERS
+
+from .conftest import CONFIGS, REPO, make_sample, shrink_model_cfg
+
+
+def _config_id(path):
+    return str(path.relative_to(REPO / 'configs'))
+
+
+def _types(node):
+    if isinstance(node, dict):
+        if isinstance(node.get('type'), str):
+            yield node['type']
+        for value in node.values():
+            yield from _types(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _types(value)
+
+
+def test_there_are_configs():
+    names = {_config_id(p) for p in CONFIGS}
+    assert {'acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 'acouplenet/couplenet_r101_4xb1-ms-580k_coco.py',
+            'acouplenet/acouplenet_r101_1xb2-ms-110k_voc0712.py',
+            'acouplenet/couplenet_r101_1xb2-ms-110k_voc0712.py'} <= names
+    table1 = [n for n in names if re.fullmatch(r'acouplenet/ablations/couplenet-(none|l2|conv)-(sum|prod|max)_.*', n)]
+    assert len(table1) == 9
+
+
+def _resolves(name):
+    """A config type is a registered class (in any mmdet/mmengine registry it may live in), an mmcv op or a
+    position-sensitive RoI layer of PSRoIExtractor."""
+    from mmcv import ops
+    from mmengine.registry import WEIGHT_INITIALIZERS
+
+    from mmdet.registry import DATA_SAMPLERS, METRICS, TASK_UTILS
+    registries = (MODELS, TASK_UTILS, DATASETS, TRANSFORMS, DATA_SAMPLERS, METRICS, WEIGHT_INITIALIZERS)
+    return name == 'nms' or name in PS_ROI_LAYERS or hasattr(ops, name) or any(r.get(name) is not None for r in registries)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_config_id)
+def test_config_types_resolve(path):
+    cfg = Config.fromfile(str(path))
+    for section in ('model', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator'):
+        for name in _types(cfg.get(section, {})):
+            assert _resolves(name), f'{name} in {section} of {path.name} is not registered'
+
+
+def _batch(model, num_images=2, training=True):
+    """Two images of different sizes through the model's own data preprocessor."""
+    shapes = [(120, 150), (96, 128)][:num_images]
+    rng = np.random.RandomState(0)
+    inputs, samples = [], []
+    for h, w in shapes:
+        inputs.append(torch.from_numpy(rng.randint(0, 255, (3, h, w), dtype=np.uint8)))
+        samples.append(make_sample(img_shape=(h, w), pad_shape=(h, w), boxes=((10, 12, 60, 70), (40, 30, w - 5, h - 8)),
+                                   labels=(0, 1)))
+    return model.data_preprocessor(dict(inputs=inputs, data_samples=samples), training=training)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_config_id)
+def test_config_builds_and_runs_a_loss_and_a_predict_step(path):
+    cfg = Config.fromfile(str(path))
+    model = MODELS.build(shrink_model_cfg(cfg.model))
+    model.init_weights()
+    model.train()
+    data = _batch(model)
+    losses = model(**data, mode='loss')
+    total, log_vars = model.parse_losses(losses)
+    assert math.isfinite(total.item()), log_vars
+    assert all(math.isfinite(v) for v in log_vars.values()), log_vars
+    total.backward()
+    if cfg.model.type == 'ACoupleNet' and model.with_attention:
+        strides = {4: 0, 8: 1, 16: 2}
+        expected = {f'loss_att_s{s}' for s, i in strides.items() if i in model.backbone.attention_stages}
+        assert {k for k in losses if k.startswith('loss_att')} == expected
+
+    model.eval()
+    with torch.no_grad():
+        results = model(**_batch(model, training=False), mode='predict')
+    for result in results:
+        h, w = result.metainfo['img_shape']
+        boxes = result.pred_instances.bboxes
+        assert torch.isfinite(boxes).all() and torch.isfinite(result.pred_instances.scores).all()
+        assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= w).all()
+        assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= h).all()

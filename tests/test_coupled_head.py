@@ -1,0 +1,143 @@
+"""Context regions, the coupling formulas and the branch switches of CoupledBBoxHead."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from projects.acouplenet import CoupledBBoxHead, context_rois
+from projects.acouplenet.coupled_bbox_head import COUPLINGS, NORMALIZATIONS
+
+
+def test_context_rois_hand_computed():
+    rois = torch.tensor([
+        [0., 40., 30., 60., 50.],   # centre (50, 40), 20x20 -> 40x40, inside the image
+        [0., 0., 0., 20., 10.],     # touches the top-left corner -> clipped at 0
+        [1., 80., 50., 100., 70.],  # image 1 is 90 wide, 60 high -> clipped at the bottom-right
+        [1., 10., 10., 10., 10.],   # zero size stays a point
+    ])
+    img_sizes = torch.tensor([[100., 120.], [60., 90.]])  # (height, width)
+    expected = torch.tensor([
+        [0., 30., 20., 70., 60.],
+        [0., 0., 0., 30., 15.],
+        [1., 70., 40., 90., 60.],
+        [1., 10., 10., 10., 10.],
+    ])
+    torch.testing.assert_close(context_rois(rois, img_sizes, 2.0), expected)
+    # scale 1 is the identity for boxes inside their image
+    torch.testing.assert_close(context_rois(rois[:1], img_sizes, 1.0), rois[:1])
+
+
+def test_context_rois_empty():
+    assert context_rois(torch.zeros(0, 5), torch.tensor([[10., 10.]])).shape == (0, 5)
+
+
+def _head(**kwargs):
+    cfg = dict(in_channels=8, mid_channels=6, global_channels=5, group_size=3, num_classes=4)
+    cfg.update(kwargs)
+    head = CoupledBBoxHead(**cfg)
+    head.init_weights()
+    return head
+
+
+def _branch_outputs(head, local_bins, global_feats):
+    """The two branches' (cls, reg) outputs before coupling, computed by hand."""
+    votes = local_bins.mean(dim=(2, 3))
+    local_cls, local_reg = votes[:, :head.cls_dim], votes[:, head.cls_dim:]
+    g = F.relu(F.conv2d(global_feats, head.global_conv.weight, head.global_conv.bias))
+    g = F.relu(F.conv2d(g, head.global_fc.weight, head.global_fc.bias)).flatten(1)
+    return (local_cls, local_reg), (g @ head.fc_cls.weight.T + head.fc_cls.bias, g @ head.fc_reg.weight.T + head.fc_reg.bias)
+
+
+@pytest.mark.parametrize('normalization,coupling', list(itertools.product(NORMALIZATIONS, COUPLINGS)))
+def test_coupling_matches_formula(normalization, coupling):
+    head = _head(normalization=normalization, coupling=coupling)
+    if normalization == 'conv':  # move the scales away from the identity so the test sees them
+        for name in ('local_cls_scale', 'global_cls_scale', 'local_reg_scale', 'global_reg_scale'):
+            layer = getattr(head, name)
+            torch.nn.init.normal_(layer.weight, std=0.5)
+            torch.nn.init.normal_(layer.bias, std=0.5)
+    n = 6
+    local_bins = torch.randn(n, head.cls_dim + head.reg_dim, 3, 3)
+    global_feats = torch.randn(n, 2 * 6, 3, 3)  # proposal + context, 6 channels each
+    cls_score, bbox_pred = head(local_bins, global_feats)
+    (lc, lr), (gc, gr) = _branch_outputs(head, local_bins, global_feats)
+
+    def normalise(x, branch, kind):
+        if normalization == 'l2':
+            return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        if normalization == 'conv':
+            layer = getattr(head, f'{branch}_{kind}_scale')
+            return x @ layer.weight.T + layer.bias
+        return x
+
+    combine = {'sum': torch.add, 'prod': torch.mul, 'max': torch.maximum}[coupling]
+    torch.testing.assert_close(cls_score, combine(normalise(lc, 'local', 'cls'), normalise(gc, 'global', 'cls')))
+    torch.testing.assert_close(bbox_pred, combine(normalise(lr, 'local', 'reg'), normalise(gr, 'global', 'reg')))
+    assert cls_score.shape == (n, 5) and bbox_pred.shape == (n, 4)
+
+
+def test_conv_normalization_starts_as_identity():
+    head = _head(normalization='conv', coupling='sum')
+    plain = _head(normalization='none', coupling='sum')
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if 'scale' not in k})
+    local_bins, global_feats = torch.randn(3, 9, 3, 3), torch.randn(3, 12, 3, 3)
+    for a, b in zip(head(local_bins, global_feats), plain(local_bins, global_feats)):
+        torch.testing.assert_close(a, b)
+
+
+def test_single_branch_heads():
+    rfcn = _head(with_global=False)
+    assert not hasattr(rfcn, 'fc_cls') and not hasattr(rfcn, 'global_conv')
+    local_bins = torch.randn(4, 9, 3, 3)
+    cls_score, bbox_pred = rfcn(local_bins, None)
+    torch.testing.assert_close(cls_score, local_bins.mean(dim=(2, 3))[:, :5])
+    torch.testing.assert_close(bbox_pred, local_bins.mean(dim=(2, 3))[:, 5:])
+
+    global_only = _head(with_local=False, with_context=False)
+    assert not hasattr(global_only, 'local_cls_conv')
+    assert global_only.global_conv.in_channels == 6  # no context: proposal features only
+    cls_score, bbox_pred = global_only(None, torch.randn(4, 6, 3, 3))
+    assert cls_score.shape == (4, 5) and bbox_pred.shape == (4, 4)
+    assert global_only.map_names == ('global', )
+
+
+def test_local_context_adds_context_votes():
+    head = _head(context_branch='local', normalization='none')
+    assert head.global_conv.in_channels == 6  # context is not on the global branch
+    local_bins, context_bins = torch.randn(2, 9, 3, 3), torch.randn(2, 9, 3, 3)
+    global_feats = torch.randn(2, 6, 3, 3)
+    cls_score, bbox_pred = head(local_bins, global_feats, context_bins)
+    (lc, lr), (gc, gr) = _branch_outputs(head, local_bins, global_feats)
+    torch.testing.assert_close(cls_score, lc + context_bins.mean(dim=(2, 3))[:, :5] + gc)
+    torch.testing.assert_close(bbox_pred, lr + gr)
+
+
+def test_class_specific_regression():
+    head = _head(reg_class_agnostic=False, normalization='none')
+    assert head.reg_dim == 16 and head.local_reg_conv.out_channels == 9 * 16
+    _, bbox_pred = head(torch.randn(2, 5 + 16, 3, 3), torch.randn(2, 12, 3, 3))
+    assert bbox_pred.shape == (2, 16)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(normalization='L2'), "normalization='L2' is invalid; allowed values are 'none', 'l2', 'conv'"),
+    (dict(coupling='add'), "coupling='add' is invalid; allowed values are 'sum', 'prod', 'max'"),
+    (dict(context_branch='both'), "context_branch='both' is invalid"),
+    (dict(with_local=False, with_global=False), 'enable at least one branch'),
+    (dict(with_context='yes'), 'with_context'),
+])
+def test_bad_switches_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match.replace('(', r'\(').replace(')', r'\)')):
+        _head(**kwargs)
+
+
+def test_unknown_head_key_is_rejected():
+    with pytest.raises(TypeError, match="unknown argument.*'couplng' \\(did you mean 'coupling'\\?\\)"):
+        _head(couplng='sum')
+
+
+def test_global_feature_size_checked():
+    head = _head()
+    with pytest.raises(ValueError, match='output_size to group_size'):
+        head(torch.randn(2, 9, 3, 3), torch.randn(2, 12, 7, 7))
