@@ -1,10 +1,11 @@
-"""PSRoIExtractor against plain-loop references of R-FCN's position-sensitive pooling."""
+"""RoI extractors against plain-loop references: R-FCN's position-sensitive pooling and Fast R-CNN's
+RoI max pooling."""
 import math
 
 import pytest
 import torch
 
-from projects.acouplenet import PSRoIExtractor
+from projects.acouplenet import PSRoIExtractor, TorchvisionRoIExtractor
 
 
 def _round(v):  # C's round(): half away from zero (rois here are non-negative)
@@ -185,3 +186,40 @@ def test_cuda_matches_cpu(mode):
     cpu = extractor((feat, ), rois)
     gpu = extractor.cuda()((feat.cuda(), ), rois.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-4)
+
+
+def roi_max_pool_reference(feat, rois, k, scale):
+    """Fast R-CNN RoI pooling: max over the cells of each bin (RoI ends inclusive)."""
+    n_rois, (_, channels, height, width) = len(rois), feat.shape
+    out = torch.zeros(n_rois, channels, k, k, dtype=feat.dtype)
+    for r, (b, x1, y1, x2, y2) in enumerate(rois.tolist()):
+        sw, sh, ew, eh = (_round(v * scale) for v in (x1, y1, x2, y2))
+        roi_w, roi_h = max(ew - sw + 1, 1), max(eh - sh + 1, 1)
+        for i in range(k):
+            for j in range(k):
+                hs = min(max(math.floor(i * roi_h / k) + sh, 0), height)
+                he = min(max(math.ceil((i + 1) * roi_h / k) + sh, 0), height)
+                ws = min(max(math.floor(j * roi_w / k) + sw, 0), width)
+                we = min(max(math.ceil((j + 1) * roi_w / k) + sw, 0), width)
+                if he > hs and we > ws:
+                    out[r, :, i, j] = feat[int(b), :, hs:he, ws:we].amax(dim=(1, 2))
+    return out
+
+
+def test_torchvision_roi_pool_matches_reference_and_gradcheck():
+    gen = torch.Generator().manual_seed(13)
+    feat = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = _rois_inside(8, 9, 11, 4, gen)
+    extractor = TorchvisionRoIExtractor(roi_layer=dict(type='RoIPool', output_size=3), out_channels=3,
+                                        featmap_strides=[4])
+    out = extractor((feat, ), rois)
+    torch.testing.assert_close(out, roi_max_pool_reference(feat.detach(), rois, 3, 0.25))
+    assert torch.autograd.gradcheck(lambda f: extractor((f, ), rois), (feat, ))
+
+
+def test_torchvision_extractor_rejects_bad_layers():
+    with pytest.raises(ValueError, match='not supported'):
+        TorchvisionRoIExtractor(roi_layer=dict(type='RoIWarp', output_size=7), out_channels=3, featmap_strides=[16])
+    with pytest.raises(ValueError, match="unknown roi_layer keys \\['aligned'\\] for RoIPool"):
+        TorchvisionRoIExtractor(roi_layer=dict(type='RoIPool', output_size=7, aligned=True), out_channels=3,
+                                featmap_strides=[16])

@@ -1,8 +1,12 @@
-"""RoI feature extraction for the two ACoupleNet branches.
+"""RoI feature extraction for the two ACoupleNet branches, on ``torchvision.ops``.
 
+* :class:`TorchvisionRoIExtractor`: mmdet's :class:`SingleRoIExtractor` with
+  torchvision's RoI layers, which all have CPU and CUDA kernels (mmcv's
+  ``RoIPool`` has no CPU kernel, and its CPU ``RoIAlign`` backward is ~20x
+  slower than torchvision's ``RoIPool``). The global branch uses it with
+  ``RoIPool``, the paper's RoI pooling.
 * :class:`PSRoIExtractor`: position-sensitive RoI pooling (R-FCN) for the local
-  branch, on ``torchvision.ops`` (mmcv has no PS pooling), with mmdet's
-  multi-level mapping inherited from :class:`SingleRoIExtractor`.
+  branch (mmcv has no PS pooling), with mmdet's multi-level mapping.
 * :func:`context_rois`: the global branch's context region, the proposal
   scaled about its centre and clipped to its image. mmdet's
   ``roi_scale_factor`` cannot be used for this: ``SingleRoIExtractor`` ignores
@@ -14,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
-from torchvision.ops import PSRoIAlign, PSRoIPool
+from torchvision.ops import PSRoIAlign, PSRoIPool, RoIAlign, RoIPool
 
 from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
 from mmdet.registry import MODELS
@@ -41,10 +45,53 @@ class BorderSafePSRoIPool(PSRoIPool):
 
 
 PS_ROI_LAYERS = {'PSRoIPool': BorderSafePSRoIPool, 'PSRoIAlign': PSRoIAlign}
+ROI_LAYERS = {'RoIPool': RoIPool, 'RoIAlign': RoIAlign, **PS_ROI_LAYERS}
+# Keyword arguments each torchvision layer takes besides spatial_scale.
+_LAYER_ARGS = {'RoIPool': {'output_size'}, 'RoIAlign': {'output_size', 'sampling_ratio', 'aligned'},
+               'PSRoIPool': {'output_size'}, 'PSRoIAlign': {'output_size', 'sampling_ratio'}}
 
 
 @MODELS.register_module()
-class PSRoIExtractor(SingleRoIExtractor):
+class TorchvisionRoIExtractor(SingleRoIExtractor):
+    """:class:`SingleRoIExtractor` with torchvision's RoI layers.
+
+    Args:
+        roi_layer (dict): ``type`` one of 'RoIPool' (Fast R-CNN max pooling),
+            'RoIAlign', 'PSRoIPool', 'PSRoIAlign', with that layer's
+            arguments (``output_size``; ``sampling_ratio`` and ``aligned``
+            where the layer has them).
+        out_channels (int): Output channels.
+        featmap_strides (list[int]): Stride of each input level.
+    """
+
+    layer_types = ROI_LAYERS
+
+    def build_roi_layers(self, layer_cfg: ConfigType, featmap_strides: List[int]) -> nn.ModuleList:
+        cfg = dict(layer_cfg)
+        layer_type = cfg.pop('type', None)
+        name = type(self).__name__
+        if layer_type not in self.layer_types:
+            raise ValueError(f'{name}: roi_layer type {layer_type!r} is not supported; '
+                             f'use one of {tuple(self.layer_types)}')
+        if 'output_size' not in cfg:
+            raise ValueError(f'{name}: roi_layer needs output_size (e.g. 7)')
+        unknown = set(cfg) - _LAYER_ARGS[layer_type]
+        if unknown:
+            raise ValueError(f'{name}: unknown roi_layer keys {sorted(unknown)} for {layer_type}; it takes '
+                             f'{sorted(_LAYER_ARGS[layer_type])}')
+        cfg['output_size'] = _pair(cfg['output_size'])
+        if layer_type == 'PSRoIAlign':
+            cfg.setdefault('sampling_ratio', 2)
+            # Adaptive sampling (<= 0) takes ceil(roi_size / k) samples per bin: zero samples, and a
+            # 0/0 NaN, for a zero-size RoI.
+            if not isinstance(cfg['sampling_ratio'], int) or cfg['sampling_ratio'] < 1:
+                raise ValueError(f'{name}: sampling_ratio={cfg["sampling_ratio"]!r} must be a '
+                                 f'positive int (adaptive sampling gives NaN on zero-size RoIs)')
+        return nn.ModuleList([self.layer_types[layer_type](spatial_scale=1. / s, **cfg) for s in featmap_strides])
+
+
+@MODELS.register_module()
+class PSRoIExtractor(TorchvisionRoIExtractor):
     """Position-sensitive RoI pooling.
 
     Channel layout of the input maps (the R-FCN layout, torchvision's): for
@@ -66,6 +113,8 @@ class PSRoIExtractor(SingleRoIExtractor):
         finest_scale (int): Level mapping scale, as in ``SingleRoIExtractor``.
     """
 
+    layer_types = PS_ROI_LAYERS
+
     def __init__(self, roi_layer: ConfigType = dict(type='PSRoIPool', output_size=7),
                  featmap_strides: List[int] = (16, ), out_channels: Optional[int] = None,
                  finest_scale: int = 56, init_cfg: OptMultiConfig = None) -> None:
@@ -75,27 +124,6 @@ class PSRoIExtractor(SingleRoIExtractor):
     @property
     def output_size(self) -> Tuple[int, int]:
         return self.roi_layers[0].output_size
-
-    def build_roi_layers(self, layer_cfg: ConfigType, featmap_strides: List[int]) -> nn.ModuleList:
-        cfg = dict(layer_cfg)
-        layer_type = cfg.pop('type', None)
-        if layer_type not in PS_ROI_LAYERS:
-            raise ValueError(f'PSRoIExtractor: roi_layer type {layer_type!r} is not supported; '
-                             f'use one of {tuple(PS_ROI_LAYERS)}')
-        if 'output_size' not in cfg:
-            raise ValueError('PSRoIExtractor: roi_layer needs output_size (the group size k, e.g. 7)')
-        cfg['output_size'] = _pair(cfg['output_size'])
-        if layer_type == 'PSRoIAlign':
-            cfg.setdefault('sampling_ratio', 2)
-            # Adaptive sampling (<= 0) takes ceil(roi_size / k) samples per bin: zero samples, and a
-            # 0/0 NaN, for a zero-size RoI.
-            if not isinstance(cfg['sampling_ratio'], int) or cfg['sampling_ratio'] < 1:
-                raise ValueError(f'PSRoIExtractor: sampling_ratio={cfg["sampling_ratio"]!r} must be a '
-                                 f'positive int (adaptive sampling gives NaN on zero-size RoIs)')
-        unknown = set(cfg) - {'output_size', 'sampling_ratio'}
-        if unknown:
-            raise ValueError(f'PSRoIExtractor: unknown roi_layer keys {sorted(unknown)} for {layer_type}')
-        return nn.ModuleList([PS_ROI_LAYERS[layer_type](spatial_scale=1. / s, **cfg) for s in featmap_strides])
 
     def forward(self, feats: Sequence[Tensor], rois: Tensor, roi_scale_factor: Optional[float] = None) -> Tensor:
         """Pool position-sensitive score maps.

@@ -40,11 +40,10 @@ model = dict(
         type='CoupledRoIHead',
         ps_roi_extractor=dict(
             type='PSRoIExtractor', roi_layer=dict(type='PSRoIPool', output_size=7), featmap_strides=[16]),
-        # The paper's RoI pooling is quantised (RoIPool); mmcv's RoIPool has no CPU kernel, so the
-        # global branch uses mmdet's usual RoIAlign, which also avoids the quantisation.
+        # The paper's RoI (max) pooling, from torchvision: mmcv's RoIPool has no CPU kernel.
         bbox_roi_extractor=dict(
-            type='SingleRoIExtractor',
-            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2, aligned=True),
+            type='TorchvisionRoIExtractor',
+            roi_layer=dict(type='RoIPool', output_size=7),
             out_channels=1024,
             featmap_strides=[16]),
         bbox_head=dict(
