@@ -1,0 +1,27 @@
+# mmdet's own Faster R-CNN C4 (conv5 run on every RoI) on the shapes dataset, at the same backbone,
+# width, anchors, RoI budget (128 per image, 300 test proposals) and schedule as the ACoupleNet config.
+_base_ = [
+    'mmdet::_base_/models/faster-rcnn_r50-caffe-c4.py', '../_base_/datasets/shapes.py',
+    '../_base_/schedules/schedule_shapes_2k.py'
+]
+
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    backbone=dict(
+        depth=18,
+        base_channels=32,
+        frozen_stages=-1,
+        norm_cfg=norm_cfg,
+        norm_eval=False,
+        zero_init_residual=False,
+        style='pytorch',
+        init_cfg=None),
+    rpn_head=dict(in_channels=128, feat_channels=128, anchor_generator=dict(scales=[1, 2, 4, 8])),
+    roi_head=dict(
+        shared_head=dict(
+            type='SlimResLayer', depth=18, base_channels=32, style='pytorch', norm_cfg=norm_cfg, norm_eval=False,
+            init_cfg=None),
+        bbox_roi_extractor=dict(out_channels=128),
+        bbox_head=dict(in_channels=256, num_classes=6)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=2000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=300)))

@@ -1,0 +1,73 @@
+"""Adjustments of a loaded config: to the machine it runs on (tools/train.py, tools/test.py) and to a
+data folder and run length (the main job, the benchmarks, the tests)."""
+import os.path as osp
+
+import torch
+from mmengine.config import Config
+
+
+class AmpUnavailableError(RuntimeError):
+    pass
+
+
+def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
+    """Make ``cfg`` runnable here, in place.
+
+    * Without CUDA, distributed runs use the gloo backend (NCCL needs GPUs).
+    * ``amp``: mmengine's ``AmpOptimWrapper`` (a ``torch.cuda.amp`` grad scaler)
+      when CUDA is available; on a CPU-only machine a clear error instead of
+      mmengine's bare assertion.
+    """
+    if not torch.cuda.is_available():
+        env_cfg = cfg.setdefault('env_cfg', {})
+        dist_cfg = env_cfg.setdefault('dist_cfg', {})
+        if dist_cfg.get('backend', 'nccl') == 'nccl':
+            dist_cfg['backend'] = 'gloo'
+    if amp:
+        if not torch.cuda.is_available():
+            raise AmpUnavailableError(
+                '--amp needs a CUDA GPU: mmengine\'s AmpOptimWrapper scales fp16 gradients with '
+                'torch.cuda.amp and has no CPU path, and mmcv\'s CPU ops (NMS, RoI layers) take fp32 only. '
+                'Drop --amp to train in fp32 on the CPU, or run on a GPU.')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    return cfg
+
+
+def set_coco_data_root(cfg: Config, root: str) -> Config:
+    """Point every dataloader and COCO evaluator of ``cfg`` at ``root``, in place."""
+    root = osp.abspath(root) + '/'
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        if cfg.get(loader):
+            cfg[loader].dataset.data_root = root
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        if cfg.get(evaluator) and 'ann_file' in cfg[evaluator]:
+            cfg[evaluator].ann_file = osp.join(root, osp.relpath(cfg[evaluator].ann_file, cfg.data_root))
+    return cfg
+
+
+def set_iterations(cfg: Config, iters: int) -> Config:
+    """Change the length of an iteration-based run to ``iters``, in place.
+
+    The learning-rate schedule keeps its shape: every iteration-based
+    scheduler's begin, end, ``T_max`` and milestones scale with the run.
+    Checkpointing and evaluation happen once, at the end.
+    """
+    if cfg.train_cfg.get('type') != 'IterBasedTrainLoop':
+        raise ValueError(f'set_iterations needs an IterBasedTrainLoop config, got {cfg.train_cfg.get("type")}')
+    if iters < 1:
+        raise ValueError(f'iters={iters} must be >= 1')
+    scale = iters / cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters
+    for scheduler in cfg.param_scheduler:
+        if scheduler.get('by_epoch', True):
+            continue
+        scheduler['begin'] = min(round(scheduler.get('begin', 0) * scale), iters - 1)
+        scheduler['end'] = max(min(round(scheduler.get('end', iters / scale) * scale), iters), scheduler['begin'] + 1)
+        if 'T_max' in scheduler:
+            scheduler['T_max'] = scheduler['end'] - scheduler['begin']
+        if 'milestones' in scheduler:
+            scheduler['milestones'] = [max(round(m * scale), 1) for m in scheduler['milestones']]
+    cfg.default_hooks.checkpoint.interval = iters
+    return cfg

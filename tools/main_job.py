@@ -1,0 +1,170 @@
+"""The main job: generate the shapes dataset if missing, train ACoupleNet on it, evaluate COCO box AP
+on its val split and write a report (markdown + json) and a picture of detections and attention maps.
+
+    python tools/main_job.py [--config CONFIG] [--work-dir DIR] [--data-root DIR] [--iters N]
+                             [--num-train N] [--num-val N] [--seed S]
+
+`bash tools/main_job.sh` runs the environment setup first (the README's command).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+DEFAULT_CONFIG = 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
+METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', default=DEFAULT_CONFIG, help='config to train (default: %(default)s)')
+    parser.add_argument('--work-dir', default='work_dirs/main_job', help='logs, checkpoint and report')
+    parser.add_argument('--data-root', default='data/shapes', help='where the generated dataset lives')
+    parser.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
+    parser.add_argument('--num-train', type=int, help='train images to generate (default: the generator\'s)')
+    parser.add_argument('--num-val', type=int, help='val images to generate (default: the generator\'s)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the generated dataset and of training')
+    parser.add_argument('--regenerate', action='store_true',
+                        help='generate the dataset again even if a complete one is there')
+    parser.add_argument('--figure-images', type=int, default=4, help='val images in the picture')
+    return parser.parse_args(argv)
+
+
+def ensure_dataset(root: str, num_train=None, num_val=None, seed=0, regenerate=False) -> dict:
+    """Use the complete generated dataset at ``root``, or generate it.
+
+    A complete dataset is used as it is unless ``regenerate`` or a split size
+    that differs from it is asked for; a folder that is not a complete
+    generated dataset (a manifest is written last) is never overwritten.
+    """
+    from projects.acouplenet.shapes import MANIFEST, ShapesConfig, generate, is_complete
+    cfg = ShapesConfig(seed=seed)
+    cfg.num_train = cfg.num_train if num_train is None else num_train
+    cfg.num_val = cfg.num_val if num_val is None else num_val
+    manifest_path = osp.join(root, MANIFEST)
+    if is_complete(root):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        asked = {k: v for k, v in (('num_train', num_train), ('num_val', num_val)) if v is not None}
+        if not regenerate and all(manifest['config'][k] == v for k, v in asked.items()):
+            print(f'[main_job] using the dataset in {root}', flush=True)
+            return manifest
+    elif osp.exists(root):
+        raise RuntimeError(f'{root} exists but holds no complete generated dataset ({MANIFEST} is missing); '
+                           f'move it away or pass another --data-root')
+    print(f'[main_job] generating the shapes dataset in {root} '
+          f'({cfg.num_train} train / {cfg.num_val} val images)', flush=True)
+    return generate(root, cfg, overwrite=osp.exists(root))
+
+
+def build_cfg(args):
+    from mmengine.config import Config
+
+    from projects.acouplenet.runtime import prepare_cfg, set_coco_data_root, set_iterations
+    cfg = Config.fromfile(osp.join(REPO, args.config) if not osp.isabs(args.config) else args.config)
+    set_coco_data_root(cfg, args.data_root)
+    set_iterations(cfg, args.iters or cfg.train_cfg.max_iters)
+    cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1  # evaluated once, by runner.test() after training
+    cfg.work_dir = osp.abspath(args.work_dir)
+    cfg.randomness = dict(seed=args.seed)
+    return prepare_cfg(cfg)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: GPU memory allocated by torch on CUDA, else the resident set size."""
+    import resource
+
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def write_report(work_dir: str, report: dict) -> None:
+    """``report.json`` and ``report.md``, each written to a temporary file and renamed."""
+    def atomic(path, text):
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    atomic(osp.join(work_dir, 'report.json'), json.dumps(report, indent=2))
+    m = report['metrics']
+    lines = [
+        '# ACoupleNet on the generated shapes dataset', '',
+        f'- config: `{report["config"]}`',
+        f'- data: {report["dataset"]["train_images"]} train / {report["dataset"]["val_images"]} val images '
+        f'({report["dataset"]["val_objects"]} val objects), `{report["dataset"]["root"]}`',
+        f'- training: {report["iterations"]} iterations of {report["batch_size"]} images in '
+        f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter), seed {report["seed"]}',
+        f'- evaluation: {report["eval_seconds"]:.0f} s; peak memory {report["peak_memory_mb"]:.0f} MB; '
+        f'checkpoint `{report["checkpoint"]}`', '',
+        '| AP | AP50 | AP75 | APs | APm | APl |', '|---|---|---|---|---|---|',
+        '| ' + ' | '.join(f'{100 * m[k]:.1f}' for k in METRIC_KEYS) + ' |', '',
+        f'![detections and attention maps]({osp.basename(report["figure"])})', '',
+    ]
+    atomic(osp.join(work_dir, 'report.md'), '\n'.join(lines))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.time()
+    manifest = ensure_dataset(args.data_root, args.num_train, args.num_val, args.seed, args.regenerate)
+
+    from mmengine.runner import Runner
+
+    from mmdet.apis import init_detector
+    from projects.acouplenet.visualization import attention_figure
+
+    cfg = build_cfg(args)
+    runner = Runner.from_cfg(cfg)
+    t0 = time.time()
+    runner.train()
+    train_seconds = time.time() - t0
+    t0 = time.time()
+    metrics = runner.test()
+    eval_seconds = time.time() - t0
+    checkpoint = osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
+
+    val_dir = osp.join(osp.abspath(args.data_root), 'val')
+    with open(osp.join(args.data_root, 'annotations', 'instances_val.json')) as f:
+        val = json.load(f)
+    counts = {}
+    for ann in val['annotations']:
+        counts[ann['image_id']] = counts.get(ann['image_id'], 0) + 1
+    busiest = sorted(val['images'], key=lambda im: -counts.get(im['id'], 0))[:args.figure_images]
+    model = init_detector(cfg, checkpoint, device='cpu')
+    figure = attention_figure(model, [osp.join(val_dir, im['file_name']) for im in busiest],
+                              osp.join(cfg.work_dir, 'detections_and_attention.png'))
+
+    report = dict(
+        config=args.config,
+        dataset=dict(root=osp.abspath(args.data_root), train_images=manifest['splits']['train']['images'],
+                     val_images=manifest['splits']['val']['images'],
+                     val_objects=manifest['splits']['val']['annotations']),
+        metrics={k: float(metrics[f'coco/{k}']) for k in METRIC_KEYS},
+        iterations=cfg.train_cfg.max_iters,
+        batch_size=cfg.train_dataloader.batch_size,
+        train_seconds=train_seconds,
+        seconds_per_iter=train_seconds / cfg.train_cfg.max_iters,
+        eval_seconds=eval_seconds,
+        peak_memory_mb=peak_memory_mb(),
+        total_seconds=time.time() - started,
+        seed=args.seed,
+        checkpoint=checkpoint,
+        figure=figure,
+    )
+    write_report(cfg.work_dir, report)
+    print(f'[main_job] AP {100 * report["metrics"]["bbox_mAP"]:.1f}, AP50 {100 * report["metrics"]["bbox_mAP_50"]:.1f} '
+          f'after {report["iterations"]} iterations ({report["total_seconds"] / 60:.1f} min); report: '
+          f'{osp.join(cfg.work_dir, "report.md")}', flush=True)
+    return report
+
+
+if __name__ == '__main__':
+    main()
