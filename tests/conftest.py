@@ -38,20 +38,21 @@ def shrink_model_cfg(model_cfg, num_classes=None):
     backbone.pop('pretrained', None)
     if m.backbone.type == 'AttentionBackbone':
         m.backbone.attention_channels = 8
-    # ResNet-18 (BasicBlock): conv4 has 256 channels, conv5 512.
-    m.rpn_head.in_channels = 256
+    # ResNet-18 (BasicBlock): conv4 has 4x the stem width in channels, conv5 8x.
+    base = backbone.get('base_channels', 64)
+    m.rpn_head.in_channels = 4 * base
     m.rpn_head.feat_channels = 16
     roi = m.roi_head
     if roi.type == 'CoupledRoIHead':
-        roi.bbox_head.in_channels = 512
+        roi.bbox_head.in_channels = 8 * base
         roi.bbox_head.mid_channels = 16
         roi.bbox_head.global_channels = 16
         roi.bbox_roi_extractor.out_channels = 16
     else:  # mmdet's C4 Faster R-CNN: conv5 is the per-RoI shared head
         roi.shared_head.depth = 18
         roi.shared_head.init_cfg = None
-        roi.bbox_roi_extractor.out_channels = 256
-        roi.bbox_head.in_channels = 512
+        roi.bbox_roi_extractor.out_channels = 4 * base
+        roi.bbox_head.in_channels = 8 * base
     if num_classes is not None:
         roi.bbox_head.num_classes = num_classes
     m.train_cfg.rpn_proposal.nms_pre = 200
@@ -93,3 +94,36 @@ def make_sample(img_shape=(120, 150), pad_shape=(128, 160), boxes=((10, 10, 60, 
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+SHAPES_CONFIG = REPO / 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
+
+
+@pytest.fixture(scope='session')
+def tiny_shapes(tmp_path_factory):
+    """A generated shapes dataset of 8 train and 4 val images."""
+    from projects.acouplenet.shapes import ShapesConfig, generate
+    root = tmp_path_factory.mktemp('data') / 'shapes'
+    generate(str(root), ShapesConfig(num_train=8, num_val=4, max_objects=3, seed=1))
+    return root
+
+
+def tiny_train_cfg(data_root, work_dir, iters, config=SHAPES_CONFIG, batch_size=2, random_flip=True):
+    """A real config shortened to ``iters`` on a tiny dataset, single process, no data workers."""
+    from mmengine.config import Config
+
+    from projects.acouplenet.runtime import prepare_cfg, set_coco_data_root, set_iterations
+    cfg = Config.fromfile(str(config))
+    set_coco_data_root(cfg, str(data_root))
+    set_iterations(cfg, iters)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].num_workers = 0
+        cfg[loader].persistent_workers = False
+    cfg.train_dataloader.batch_size = batch_size
+    if not random_flip:
+        cfg.train_dataloader.dataset.pipeline = [t for t in cfg.train_dataloader.dataset.pipeline
+                                                 if t['type'] != 'RandomFlip']
+    cfg.default_hooks.logger.interval = 1
+    cfg.log_processor.window_size = 1
+    cfg.work_dir = str(work_dir)
+    return prepare_cfg(cfg)

@@ -1,0 +1,96 @@
+"""Resuming mmengine checkpoints under torch's ``weights_only`` loading.
+
+Since torch 2.6, ``torch.load`` unpickles only allow-listed types, and
+mmengine 0.10.7 calls it with that default. A checkpoint saved by mmengine's
+runner holds, besides tensors and plain containers, the message hub's
+``HistoryBuffer`` objects (numpy arrays inside, and their statistics methods,
+pickled as ``getattr(HistoryBuffer, 'mean')``), so ``--resume`` fails with
+"Unsupported global". :func:`allow_mmengine_checkpoint_types` adds exactly
+those data types to torch's allow-list, and lets ``getattr`` resolve only
+HistoryBuffer's statistics methods (a general ``getattr`` would reach, say,
+``ndarray.tofile``). Anything else in a checkpoint (an arbitrary class, a
+function to call) is still refused. Importing ``projects.acouplenet`` (every
+config does) calls it.
+"""
+import pickle
+from typing import List
+
+import numpy as np
+import torch
+
+_ALLOWED: List[object] = []
+
+
+def mmengine_checkpoint_types() -> List[object]:
+    """The non-tensor types mmengine's runner writes into a checkpoint."""
+    from mmengine.logging import HistoryBuffer
+    try:
+        from numpy.core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    # The dtype classes pickled with arrays and numpy scalars (numpy >= 1.25 names them numpy.dtypes.*).
+    dtype_classes = [type(np.dtype(t)) for t in ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16',
+                                                 'uint32', 'uint64', 'float16', 'float32', 'float64', 'object')]
+    return [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
+def history_buffer_getattr(obj, name: str):
+    """``getattr`` as checkpoints may use it: only ``HistoryBuffer``'s registered statistics methods."""
+    from mmengine.logging import HistoryBuffer
+    # The built-in statistics are registered on the class only once a buffer exists; custom ones by
+    # HistoryBuffer.register_statistics.
+    allowed = {'min', 'max', 'current', 'mean'} | set(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and isinstance(name, str) and name in allowed:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'refusing getattr({obj!r}, {name!r}) while loading a checkpoint: only the '
+                                 f'statistics methods of mmengine\'s HistoryBuffer may be looked up')
+
+
+def allow_mmengine_checkpoint_types() -> None:
+    """Allow-list mmengine's checkpoint types for ``weights_only`` loading (idempotent)."""
+    if _ALLOWED or not hasattr(torch.serialization, 'add_safe_globals'):
+        return
+    _ALLOWED.extend(mmengine_checkpoint_types())
+    _ALLOWED.append((history_buffer_getattr, 'builtins.getattr'))
+    torch.serialization.add_safe_globals(_ALLOWED)
+
+
+def checkpoint_mismatch(model: torch.nn.Module, checkpoint: str) -> dict:
+    """Keys of ``checkpoint``'s state dict that do not fit ``model``.
+
+    Returns:
+        dict: ``missing`` (in the model, not the checkpoint), ``unexpected``
+        (in the checkpoint, not the model) and ``mismatched`` (``(key,
+        checkpoint shape, model shape)``) lists, and ``matched`` (count).
+    """
+    ckpt = torch.load(checkpoint, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    own = model.state_dict()
+    mismatched = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+                  if k in state and hasattr(state[k], 'shape') and tuple(state[k].shape) != tuple(v.shape)]
+    return dict(missing=sorted(set(own) - set(state)), unexpected=sorted(set(state) - set(own)),
+                mismatched=mismatched, matched=len(set(own) & set(state)) - len(mismatched))
+
+
+def assert_checkpoint_fits(model: torch.nn.Module, checkpoint: str, config: str = 'the config') -> None:
+    """Raise a ``ValueError`` that lists what does not fit when ``checkpoint`` is not ``model``'s.
+
+    For testing and inference, where every weight must come from the
+    checkpoint (fine-tuning with ``load_from`` tolerates a replaced head and
+    only warns, as mmengine does).
+    """
+    report = checkpoint_mismatch(model, checkpoint)
+    if report['missing'] or report['unexpected'] or report['mismatched']:
+        def head(items):
+            return ', '.join(map(str, items[:5])) + (f' ... ({len(items)} in all)' if len(items) > 5 else '')
+        lines = [f'checkpoint {checkpoint} does not fit the model of {config} ({report["matched"]} weights match):']
+        if report['mismatched']:
+            lines.append('  shape mismatches (key, checkpoint, model): ' + head(report['mismatched']))
+        if report['missing']:
+            lines.append('  missing from the checkpoint: ' + head(report['missing']))
+        if report['unexpected']:
+            lines.append('  not in the model: ' + head(report['unexpected']))
+        lines.append('Use the config the checkpoint was trained with (its meta holds it), or a checkpoint of '
+                     'this config.')
+        raise ValueError('\n'.join(lines))

@@ -1,0 +1,210 @@
+"""Training like an MMDetection user, on a tiny generated dataset: the main job, loss going down,
+exact resume, DDP on CPU, mim, AMP on CPU and the NaN guard."""
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
+
+from mmdet.registry import HOOKS
+
+from .conftest import REPO, SHAPES_CONFIG, tiny_train_cfg
+
+PYTHON = sys.executable
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(cmd, timeout=600, env=None, cwd=REPO):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}'
+    return result
+
+
+def _tiny_config_file(tmp_path, data_root, iters, extra=''):
+    """A config file that inherits the real shapes config and points it at the tiny dataset."""
+    root = f'{data_root}/'
+    path = tmp_path / 'tiny_shapes.py'
+    path.write_text(f'''_base_ = '{SHAPES_CONFIG}'
+train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(data_root='{root}'))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root='{root}'))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file='{root}annotations/instances_val.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_iters={iters}, val_interval={iters})
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end={iters})]
+default_hooks = dict(checkpoint=dict(interval={iters}), logger=dict(interval=1))
+log_processor = dict(window_size=1)
+{extra}''')
+    return path
+
+
+def _scalars(work_dir):
+    """The scalars mmengine logged (vis_data/scalars.json of the run)."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(work_dir) for f in fs if f == 'scalars.json']
+    assert files, f'no scalars.json under {work_dir}'
+    with open(files[0]) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_main_job_end_to_end(tmp_path, tiny_shapes):
+    main_job = _load_tool('main_job')
+    work_dir = tmp_path / 'main_job'
+    report = main_job.main(['--work-dir', str(work_dir), '--data-root', str(tiny_shapes), '--iters', '4',
+                            '--figure-images', '2'])
+    for name in ('report.md', 'report.json', 'detections_and_attention.png', 'iter_4.pth'):
+        assert (work_dir / name).is_file(), name
+    saved = json.loads((work_dir / 'report.json').read_text())
+    assert saved['iterations'] == 4 and saved['dataset']['val_images'] == 4
+    assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
+                                     'bbox_mAP_l'}
+    assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
+    assert saved['train_seconds'] > 0 and saved['peak_memory_mb'] > 0
+    assert '| AP | AP50 |' in (work_dir / 'report.md').read_text()
+    assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
+    assert report['metrics'] == saved['metrics']
+
+
+def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
+    main_job = _load_tool('main_job')
+    (tmp_path / 'shapes').mkdir()
+    (tmp_path / 'shapes' / 'something.txt').write_text('not a dataset')
+    with pytest.raises(RuntimeError, match='no complete generated dataset'):
+        main_job.ensure_dataset(str(tmp_path / 'shapes'))
+
+
+def test_loss_decreases_when_overfitting_a_few_images(tmp_path, tiny_shapes):
+    cfg = tiny_train_cfg(tiny_shapes, tmp_path, iters=40, random_flip=False)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]
+    cfg.train_cfg.val_interval = 1000  # no evaluation
+    cfg.experiment_name = 'overfit'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    # (the message hub, not vis_data/scalars.json: mmengine's visualizer is one instance per process, so
+    # a second runner in the same process writes its scalars into the first runner's folder)
+    losses = runner.message_hub.get_scalar('train/loss').data[0].tolist()
+    assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+
+
+@HOOKS.register_module(force=True)
+class _StopAfter(Hook):
+    """Simulates a killed run: raises right after the checkpoint of iteration ``n`` is written."""
+    priority = 'LOWEST'
+
+    def __init__(self, n):
+        self.n = n
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.n:
+            raise KeyboardInterrupt(f'stopped after iteration {self.n}')
+
+
+def _resume_cfg(data_root, work_dir, name):
+    cfg = tiny_train_cfg(data_root, work_dir, iters=6, random_flip=False)
+    cfg.default_hooks.checkpoint.interval = 3
+    cfg.experiment_name = name
+    return cfg
+
+
+def test_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_shapes):
+    full = Runner.from_cfg(_resume_cfg(tiny_shapes, tmp_path / 'full', 'full'))
+    full.train()
+    full_weights = {k: v.clone() for k, v in full.model.state_dict().items()}
+    full_metrics = full.test()
+
+    cfg = _resume_cfg(tiny_shapes, tmp_path / 'cut', 'cut')
+    cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type='_StopAfter', n=4)]
+    with pytest.raises(KeyboardInterrupt):
+        Runner.from_cfg(cfg).train()
+    assert (tmp_path / 'cut' / 'iter_3.pth').is_file() and not (tmp_path / 'cut' / 'iter_6.pth').exists()
+
+    # torch >= 2.6 loads weights_only: this resume exercises the allow-list of mmengine's types.
+    cfg = _resume_cfg(tiny_shapes, tmp_path / 'cut', 'resumed')
+    cfg.resume = True
+    cfg.load_from = str(tmp_path / 'cut' / 'iter_3.pth')
+    resumed = Runner.from_cfg(cfg)
+    resumed.train()
+    assert resumed.iter == 6
+    weights = resumed.model.state_dict()
+    assert weights.keys() == full_weights.keys()
+    for key, value in full_weights.items():
+        assert torch.equal(value, weights[key]), key
+    assert resumed.test() == full_metrics
+
+
+def test_dist_train_two_cpu_processes_stay_in_sync_and_evaluate(tmp_path, tiny_shapes):
+    config = _tiny_config_file(tmp_path, tiny_shapes, iters=4, extra='''
+custom_imports = dict(imports=['projects.acouplenet', 'tests.dist_helpers'], allow_failed_imports=False)
+custom_hooks = [dict(type='NonFiniteLossHook'), dict(type='RNGStateHook'), dict(type='SaveRankWeightsHook')]
+''')
+    env = dict(os.environ, PYTHON=PYTHON, PORT=str(29500 + os.getpid() % 1000), OMP_NUM_THREADS='1')
+    work_dir = tmp_path / 'ddp'
+    _run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir)], env=env)
+    ranks = [torch.load(work_dir / f'rank{r}_weights.pth') for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 100
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    initial = torch.load(work_dir / 'rank0_initial_weights.pth')
+    assert any(not torch.equal(initial[k], ranks[0][k]) for k in initial), 'training did not change the weights'
+    assert any('coco/bbox_mAP' in row for row in _scalars(work_dir))
+
+
+def test_mim_train_and_test_from_the_repo_root(tmp_path, tiny_shapes):
+    mim = shutil.which('mim', path=os.path.dirname(PYTHON))
+    assert mim, 'mim is not installed in the test environment'
+    config = _tiny_config_file(tmp_path, tiny_shapes, iters=2)
+    # mim runs mmdet's own tools/train.py and sets no PYTHONPATH: the installed package must be found.
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    work_dir = tmp_path / 'mim'
+    _run([mim, 'train', 'mmdet', str(config), '--gpus', '0', '--work-dir', str(work_dir)], env=env)
+    assert (work_dir / 'iter_2.pth').is_file()
+    result = _run([mim, 'test', 'mmdet', str(config), '--checkpoint', str(work_dir / 'iter_2.pth'), '--gpus', '0',
+                   '--work-dir', str(tmp_path / 'mim_test')], env=env)
+    assert 'coco/bbox_mAP' in result.stdout + result.stderr
+
+
+def test_amp_on_cpu_says_why_not(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('a CUDA machine runs AMP')
+    train = _load_tool('train')
+    from projects.acouplenet.runtime import AmpUnavailableError
+    with pytest.raises(AmpUnavailableError, match='--amp needs a CUDA GPU.*Drop --amp'):
+        train.main([str(SHAPES_CONFIG), '--amp', '--work-dir', str(tmp_path)])
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, tiny_shapes):
+    cfg = tiny_train_cfg(tiny_shapes, tmp_path, iters=6, random_flip=False)
+    cfg.default_hooks.checkpoint.interval = 2
+    cfg.experiment_name = 'nan'
+    runner = Runner.from_cfg(cfg)
+    real_forward = runner.model.loss_attention.forward
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        losses = real_forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # iteration 3
+            losses['loss_att_s4'] = losses['loss_att_s4'] * float('nan')
+        return losses
+
+    runner.model.loss_attention.forward = poisoned
+    from projects.acouplenet.hooks import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match=r'non-finite loss at iteration 3: .*loss_att_s4=nan.*iter_2\.pth'):
+        runner.train()
+    assert sorted(p.name for p in tmp_path.glob('iter_*.pth')) == ['iter_2.pth']
+    checkpoint = torch.load(tmp_path / 'iter_2.pth')
+    assert all(torch.isfinite(v).all() for v in checkpoint['state_dict'].values() if v.is_floating_point())
