@@ -1,0 +1,210 @@
+"""Model zoo: find checkpoints by model name, download them safely, publish and convert weights.
+
+* :func:`download` streams a checkpoint to a temporary file next to its
+  destination, checks its sha256 and renames it into place; a cut connection
+  is retried, a hash mismatch deletes the file and raises. A file at the
+  destination is only ever a whole, verified checkpoint.
+* :func:`publish` drops the optimizer and other training state from a
+  checkpoint and names it ``<name>-<first 8 hex of sha256>.pth`` (mmdet's
+  convention), returning the sha256 for the metafile.
+* :func:`convert_resnet` maps ImageNet ResNet weights (torchvision or mmdet
+  layout) onto :func:`AttentionBackbone`.
+"""
+import hashlib
+import os
+import os.path as osp
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Dict, List, Optional
+
+import torch
+import yaml
+
+REPO_MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'model-index.yml')
+CHUNK = 1 << 20
+
+
+class ChecksumError(RuntimeError):
+    pass
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def sha256sum(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(CHUNK), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- the index ---------------------------------------------------------------------------------------
+def load_models(model_index: str = REPO_MODEL_INDEX) -> Dict[str, dict]:
+    """``{name: model entry}`` from an mmdet-style ``model-index.yml`` and the metafiles it imports."""
+    with open(model_index) as f:
+        index = yaml.safe_load(f) or {}
+    models = {}
+    root = osp.dirname(osp.abspath(model_index))
+    entries = list(index.get('Models', []))
+    for metafile in index.get('Import', []):
+        with open(osp.join(root, metafile)) as f:
+            entries += (yaml.safe_load(f) or {}).get('Models', [])
+    for entry in entries:
+        models[entry['Name']] = entry
+    return models
+
+
+def find_model(name: str, model_index: str = REPO_MODEL_INDEX) -> dict:
+    models = load_models(model_index)
+    if name not in models:
+        import difflib
+        close = difflib.get_close_matches(name, list(models), n=3)
+        hint = f'; did you mean {", ".join(close)}?' if close else ''
+        raise KeyError(f'no model named {name!r} in {model_index}{hint} Known models: {", ".join(sorted(models))}')
+    return models[name]
+
+
+# -- download ----------------------------------------------------------------------------------------
+def _stream(url: str, out, timeout: float, progress: Optional[Callable[[int, Optional[int]], None]]) -> None:
+    request = urllib.request.Request(url, headers={'User-Agent': 'acouplenet-model-zoo'})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        total = response.headers.get('Content-Length')
+        total = int(total) if total is not None else None
+        done = 0
+        while True:
+            chunk = response.read(CHUNK)
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+        if total is not None and done != total:
+            raise DownloadError(f'connection closed after {done} of {total} bytes')
+
+
+def download(url: str, dest: str, sha256: Optional[str], retries: int = 3, timeout: float = 60.0,
+             backoff: float = 1.0, progress=None) -> str:
+    """Download ``url`` to the file ``dest``, verified against ``sha256``.
+
+    Returns:
+        str: ``dest``.
+
+    Raises:
+        ChecksumError: The downloaded bytes do not hash to ``sha256`` (the
+            file is deleted, not retried: the server holds another file).
+        DownloadError: Every attempt failed (connection errors, cut
+            transfers); nothing is left at ``dest``.
+    """
+    if sha256 is not None and len(sha256) != 64:
+        raise ValueError(f'sha256 {sha256!r} is not a 64-hex-digit sha256')
+    dest = osp.abspath(dest)
+    os.makedirs(osp.dirname(dest), exist_ok=True)
+    if osp.isfile(dest) and sha256 is not None and sha256sum(dest) == sha256:
+        return dest
+    errors: List[str] = []
+    for attempt in range(1, retries + 1):
+        fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dest)}.', suffix='.part', dir=osp.dirname(dest))
+        try:
+            with os.fdopen(fd, 'wb') as out:
+                _stream(url, out, timeout, progress)
+            if sha256 is not None:
+                actual = sha256sum(tmp)
+                if actual != sha256:
+                    raise ChecksumError(f'{url}: sha256 {actual} does not match the expected {sha256}; the '
+                                        f'download was deleted. The file on the server differs from the one the '
+                                        f'model zoo lists: check the URL, or report the mismatch.')
+            os.replace(tmp, dest)
+            return dest
+        except ChecksumError:
+            raise
+        except (urllib.error.URLError, OSError, DownloadError) as exc:
+            errors.append(f'attempt {attempt}: {exc}')
+            if attempt < retries:
+                time.sleep(backoff * attempt)
+        finally:
+            if osp.exists(tmp):
+                os.remove(tmp)
+    raise DownloadError(f'could not download {url} after {retries} attempts ({"; ".join(errors)}); '
+                        f'nothing was written to {dest}')
+
+
+def download_model(name: str, dest_dir: str, model_index: str = REPO_MODEL_INDEX, **kwargs) -> str:
+    """Download the checkpoint of the model ``name`` from the index into ``dest_dir``."""
+    entry = find_model(name, model_index)
+    url = entry.get('Weights')
+    if not url:
+        raise DownloadError(f'{name} has no released checkpoint: the model zoo lists the paper\'s results for '
+                            f'reference. Train it with `python tools/train.py {entry.get("Config")}`.')
+    sha256 = (entry.get('Metadata') or {}).get('Weights SHA256')
+    if not sha256:
+        raise ChecksumError(f'{name} lists no "Weights SHA256" to verify {url} against; refusing an unverified '
+                            f'download')
+    return download(url, osp.join(dest_dir, url.rsplit('/', 1)[-1]), sha256, **kwargs)
+
+
+# -- publish -----------------------------------------------------------------------------------------
+def publish(checkpoint: str, out_dir: str, name: Optional[str] = None) -> Dict[str, str]:
+    """Keep only ``state_dict`` and ``meta`` of a training checkpoint, hash it and name it by the hash.
+
+    Returns:
+        dict: ``path`` and ``sha256`` of the published file.
+    """
+    ckpt = torch.load(checkpoint, map_location='cpu')
+    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
+        raise ValueError(f'{checkpoint} has no state_dict; is it an mmengine checkpoint?')
+    meta = {k: v for k, v in (ckpt.get('meta') or {}).items() if k not in ('rng_state', )}
+    slim = dict(state_dict={k: v.cpu() for k, v in ckpt['state_dict'].items()}, meta=meta)
+    name = name or osp.splitext(osp.basename(checkpoint))[0]
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=out_dir)
+    os.close(fd)
+    try:
+        torch.save(slim, tmp)
+        digest = sha256sum(tmp)
+        final = osp.join(out_dir, f'{name}-{digest[:8]}.pth')
+        os.replace(tmp, final)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return dict(path=final, sha256=digest)
+
+
+# -- convert -----------------------------------------------------------------------------------------
+def convert_resnet(src: str, dst: str) -> Dict[str, List[str]]:
+    """ImageNet ResNet weights -> a backbone checkpoint that ``AttentionBackbone`` loads.
+
+    Accepts torchvision's layout (``conv1.weight``, ``bn1.*``, ``layerX.Y.*``,
+    ``fc.*``; a bare state dict) and mmdet/mmcv's (the same names, possibly
+    under ``state_dict`` and with a ``backbone.`` prefix). The classifier is
+    dropped. The result, ``{'state_dict': ...}`` with backbone-level keys, is
+    what ``init_cfg=dict(type='Pretrained', checkpoint=dst)`` of the wrapped
+    ResNet expects; the attention blocks are not in it and keep their
+    N(0, 0.01) initialisation.
+
+    Returns:
+        dict: ``dropped`` keys (classifier, non-backbone).
+    """
+    ckpt = torch.load(src, map_location='cpu')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f'{src} is not a ResNet state dict (torchvision or mmdet layout)')
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    kept, dropped = {}, []
+    for key, value in state.items():
+        if key.startswith(('fc.', 'head.', 'classifier.')) or key.endswith('num_batches_tracked'):
+            dropped.append(key)
+        else:
+            kept[key] = value
+    if 'conv1.weight' not in kept or not any(k.startswith('layer1.') for k in kept):
+        raise ValueError(f'{src} does not look like a ResNet (no conv1.weight / layer1.*); converted nothing')
+    tmp = dst + '.part'
+    torch.save(dict(state_dict=kept, meta=dict(converted_from=osp.basename(src))), tmp)
+    os.replace(tmp, dst)
+    return dict(dropped=dropped)

@@ -1,0 +1,202 @@
+"""Model zoo: verified, atomic, retried downloads from a local HTTP server; publish; ResNet conversion;
+`mim download` from the project installed as a package."""
+import hashlib
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+import yaml
+
+from mmdet.registry import MODELS
+from projects.acouplenet import model_zoo
+
+from .conftest import REPO
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """/good.pth: the file; /tampered.pth: one byte changed; /flaky.pth: cut mid-way on the first request
+    of each test, whole afterwards; /cut.pth: always cut mid-way."""
+    requests = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        body = PAYLOAD
+        if self.path == '/tampered.pth':
+            body = PAYLOAD[:100] + bytes([PAYLOAD[100] ^ 1]) + PAYLOAD[101:]
+        elif self.path not in ('/good.pth', '/flaky.pth', '/cut.pth'):
+            self.send_error(404)
+            return
+        cut = self.path == '/cut.pth' or (self.path == '/flaky.pth' and type(self).requests.count('/flaky.pth') == 1)
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:len(body) // 2] if cut else body)
+        self.wfile.flush()
+        if cut:
+            self.close_connection = True
+
+
+@pytest.fixture()
+def server():
+    _Handler.requests = []
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _leftovers(folder):
+    return [p for p in os.listdir(folder) if p.endswith('.part')]
+
+
+def test_good_download_is_verified_and_placed_atomically(server, tmp_path):
+    dest = tmp_path / 'ckpt' / 'model.pth'
+    assert model_zoo.download(f'{server}/good.pth', str(dest), SHA) == str(dest)
+    assert dest.read_bytes() == PAYLOAD and _leftovers(dest.parent) == []
+    # an existing verified file is not fetched again
+    before = len(_Handler.requests)
+    model_zoo.download(f'{server}/good.pth', str(dest), SHA)
+    assert len(_Handler.requests) == before
+
+
+def test_tampered_download_is_deleted_and_reported(server, tmp_path):
+    dest = tmp_path / 'model.pth'
+    with pytest.raises(model_zoo.ChecksumError, match='does not match the expected .*deleted'):
+        model_zoo.download(f'{server}/tampered.pth', str(dest), SHA, retries=3)
+    assert not dest.exists() and _leftovers(tmp_path) == []
+    assert _Handler.requests.count('/tampered.pth') == 1  # a wrong file is not retried
+
+
+def test_cut_connection_is_retried(server, tmp_path):
+    dest = tmp_path / 'model.pth'
+    model_zoo.download(f'{server}/flaky.pth', str(dest), SHA, retries=3, backoff=0)
+    assert dest.read_bytes() == PAYLOAD and _Handler.requests.count('/flaky.pth') == 2
+
+
+def test_connection_always_cut_leaves_nothing(server, tmp_path):
+    dest = tmp_path / 'model.pth'
+    with pytest.raises(model_zoo.DownloadError, match='after 2 attempts.*nothing was written'):
+        model_zoo.download(f'{server}/cut.pth', str(dest), SHA, retries=2, backoff=0)
+    assert not dest.exists() and _leftovers(tmp_path) == []
+
+
+def _index(tmp_path, entries):
+    (tmp_path / 'metafile.yml').write_text(yaml.safe_dump({'Models': entries}))
+    (tmp_path / 'model-index.yml').write_text(yaml.safe_dump({'Import': ['metafile.yml']}))
+    return str(tmp_path / 'model-index.yml')
+
+
+def test_download_by_model_name(server, tmp_path):
+    index = _index(tmp_path, [
+        dict(Name='good', Config='configs/x.py', Weights=f'{server}/good.pth', Metadata={'Weights SHA256': SHA}),
+        dict(Name='unhashed', Config='configs/x.py', Weights=f'{server}/good.pth'),
+        dict(Name='paper-only', Config='configs/x.py'),
+    ])
+    path = model_zoo.download_model('good', str(tmp_path / 'dl'), index)
+    assert open(path, 'rb').read() == PAYLOAD
+    with pytest.raises(model_zoo.ChecksumError, match='no "Weights SHA256"'):
+        model_zoo.download_model('unhashed', str(tmp_path / 'dl'), index)
+    with pytest.raises(model_zoo.DownloadError, match='no released checkpoint'):
+        model_zoo.download_model('paper-only', str(tmp_path / 'dl'), index)
+    with pytest.raises(KeyError, match="did you mean good"):
+        model_zoo.download_model('goood', str(tmp_path / 'dl'), index)
+
+
+def test_repo_model_index_lists_every_paper_config():
+    models = model_zoo.load_models()
+    configs = {m['Config'] for m in models.values()}
+    expected = {str(p.relative_to(REPO)) for p in (REPO / 'configs' / 'acouplenet').rglob('*.py')}
+    assert configs == expected
+    assert models['acouplenet_r101_8xb2-ms-180k_coco']['Results'][0]['Metrics']['box AP'] == 35.4
+    assert models['acouplenet_r101_1xb2-ms-110k_voc0712']['Results'][0]['Metrics']['mAP'] == 82.6
+    for entry in models.values():
+        assert (REPO / entry['Config']).is_file()
+        assert bool(entry.get('Weights')) == bool((entry.get('Metadata') or {}).get('Weights SHA256'))
+
+
+def test_publish_drops_training_state_and_hashes(tmp_path):
+    state = {'w': torch.randn(3, 3)}
+    torch.save(dict(state_dict=state, optimizer={'state': {0: {'momentum_buffer': torch.ones(3)}}},
+                    meta=dict(iter=7, rng_state=dict(torch=torch.get_rng_state())), message_hub={}),
+               tmp_path / 'iter_7.pth')
+    out = model_zoo.publish(str(tmp_path / 'iter_7.pth'), str(tmp_path / 'release'), name='shapes_model')
+    assert os.path.basename(out['path']) == f'shapes_model-{out["sha256"][:8]}.pth'
+    assert out['sha256'] == model_zoo.sha256sum(out['path'])
+    published = torch.load(out['path'], weights_only=True)
+    assert set(published) == {'state_dict', 'meta'} and published['meta'] == {'iter': 7}
+    assert torch.equal(published['state_dict']['w'], state['w'])
+
+
+@pytest.mark.parametrize('layout', ['torchvision', 'mmdet'])
+def test_convert_resnet_weights_into_attention_backbone(tmp_path, layout):
+    import torchvision
+    source = torchvision.models.resnet18(weights=None).state_dict()
+    if layout == 'mmdet':
+        saved = dict(state_dict={f'backbone.{k}': v for k, v in source.items() if not k.startswith('fc.')},
+                     meta={})
+    else:
+        saved = source
+    torch.save(saved, tmp_path / 'resnet18.pth')
+    out = model_zoo.convert_resnet(str(tmp_path / 'resnet18.pth'), str(tmp_path / 'converted.pth'))
+    if layout == 'torchvision':
+        assert set(out['dropped']) >= {'fc.weight', 'fc.bias'}
+    backbone = MODELS.build(dict(
+        type='AttentionBackbone', attention_stages=(0, 1, 2), attention_channels=8,
+        backbone=dict(type='ResNet', depth=18, init_cfg=dict(type='Pretrained',
+                                                             checkpoint=str(tmp_path / 'converted.pth')))))
+    backbone.init_weights()
+    loaded = backbone.state_dict()
+    for key, value in source.items():
+        if key.startswith('fc.') or key.endswith('num_batches_tracked'):
+            continue
+        assert torch.equal(loaded[key], value), key
+    for block in backbone.attention_blocks.values():
+        assert 0.005 < block.conv1.weight.std() < 0.015  # kept their N(0, 0.01) initialisation
+
+
+def test_convert_rejects_non_resnet(tmp_path):
+    torch.save({'classifier.weight': torch.zeros(2, 2)}, tmp_path / 'x.pth')
+    with pytest.raises(ValueError, match='does not look like a ResNet'):
+        model_zoo.convert_resnet(str(tmp_path / 'x.pth'), str(tmp_path / 'y.pth'))
+    assert not (tmp_path / 'y.pth').exists()
+
+
+def test_mim_download_reads_the_installed_package(server, tmp_path):
+    python = sys.executable
+    mim = shutil.which('mim', path=os.path.dirname(python))
+    assert mim, 'mim is not installed in the test environment'
+    wheel_dir, site = tmp_path / 'wheel', tmp_path / 'site'
+    subprocess.run([python, '-m', 'pip', 'wheel', str(REPO), '--no-deps', '--no-build-isolation', '-q', '-w',
+                    str(wheel_dir)], check=True, capture_output=True, timeout=300)
+    wheel = next(wheel_dir.glob('acouplenet-*.whl'))
+    subprocess.run([python, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    metafile = site / 'projects' / '.mim' / 'configs' / 'acouplenet' / 'metafile.yml'
+    assert metafile.is_file() and (site / 'projects' / '.mim' / 'model-index.yml').is_file()
+    # Publish a checkpoint for one entry of the installed copy, served by the local server.
+    data = yaml.safe_load(metafile.read_text())
+    for entry in data['Models']:
+        if entry['Name'] == 'couplenet_r101_1xb2-ms-110k_voc0712':
+            entry['Weights'] = f'{server}/good.pth'
+            entry.setdefault('Metadata', {})['Weights SHA256'] = SHA
+    metafile.write_text(yaml.safe_dump(data))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    result = subprocess.run([mim, 'download', 'acouplenet', '--config', 'couplenet_r101_1xb2-ms-110k_voc0712',
+                             '--dest', str(tmp_path / 'dl')], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / 'dl' / 'good.pth').read_bytes() == PAYLOAD
+    assert (tmp_path / 'dl' / 'couplenet_r101_1xb2-ms-110k_voc0712.py').is_file()

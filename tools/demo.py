@@ -1,0 +1,42 @@
+"""Detections and attention maps side by side (the paper's Fig. 5), on CPU or GPU.
+
+    python tools/demo.py IMAGE [IMAGE ...] --config CONFIG --checkpoint CKPT [--out demo.png]
+                         [--device cpu|cuda:0] [--score-thr 0.3]
+
+One row per image: the detections, then one panel per attention block (strides 4, 8, 16).
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('--config', required=True)
+    parser.add_argument('--checkpoint', required=True)
+    parser.add_argument('--out', default='demo.png', help='PNG to write')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--score-thr', type=float, default=0.3)
+    args = parser.parse_args(argv)
+    missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
+    if missing:
+        sys.exit(f'error: not found: {", ".join(missing)}')
+
+    from mmdet.apis import init_detector
+    from projects.acouplenet.safe_loading import assert_checkpoint_fits
+    from projects.acouplenet.visualization import attention_figure
+    model = init_detector(args.config, args.checkpoint, device=args.device)
+    try:
+        assert_checkpoint_fits(model, args.checkpoint, args.config)
+        out = attention_figure(model, args.images, args.out, score_thr=args.score_thr)
+    except ValueError as exc:
+        sys.exit(f'error: {exc}')
+    print(out)
+    return out
+
+
+if __name__ == '__main__':
+    main()
