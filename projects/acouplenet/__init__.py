@@ -1,19 +1,31 @@
-"""ACoupleNet for MMDetection 3.x: importing this package registers its modules.
+"""ACoupleNet for MMDetection 3.x.
 
-Configs load it with ``custom_imports = dict(imports=['projects.acouplenet'])``.
+Configs load it with ``custom_imports = dict(imports=['projects.acouplenet'])``. Importing it registers
+its modules in mmdet's registries, allow-lists mmengine's checkpoint types for ``weights_only`` loading
+(so ``--resume`` works on torch >= 2.6) and makes mmengine's local file writes atomic (so a run killed
+while saving leaves its previous checkpoint whole).
 """
 from .acouplenet import ACoupleNet
 from .attention_backbone import AttentionBackbone, AttentionBlock, AttentionMixin, attention_maps
 from .attention_loss import AttentionLoss, attention_targets
 from .coupled_bbox_head import CoupledBBoxHead
 from .coupled_roi_head import CoupledRoIHead
-from .datasets import VOCSBDDataset
-from .roi_extractors import PSRoIExtractor, context_rois
-from .transforms import LoadAttentionAnnotations
+from .datasets import CheckedCocoDataset, VOCSBDDataset
+from .fileio import use_atomic_local_writes
+from .hooks import ClassCountCheckHook, NonFiniteLossHook, RNGStateHook
+from .res_layer import SlimResLayer
+from .roi_extractors import PSRoIExtractor, TorchvisionRoIExtractor, context_rois
+from .safe_loading import allow_mmengine_checkpoint_types
+from .transforms import LoadAttentionAnnotations, SafeLoadImageFromFile
 
 __version__ = '0.1.0'
 
+allow_mmengine_checkpoint_types()
+use_atomic_local_writes()
+
 __all__ = [
-    'ACoupleNet', 'AttentionBackbone', 'AttentionBlock', 'AttentionMixin', 'AttentionLoss', 'CoupledBBoxHead',
-    'CoupledRoIHead', 'LoadAttentionAnnotations', 'PSRoIExtractor', 'VOCSBDDataset', 'attention_maps', 'attention_targets', 'context_rois'
+    'ACoupleNet', 'AttentionBackbone', 'AttentionBlock', 'AttentionMixin', 'AttentionLoss', 'CheckedCocoDataset',
+    'ClassCountCheckHook', 'CoupledBBoxHead', 'CoupledRoIHead', 'LoadAttentionAnnotations', 'NonFiniteLossHook',
+    'PSRoIExtractor', 'RNGStateHook', 'SafeLoadImageFromFile', 'SlimResLayer', 'TorchvisionRoIExtractor',
+    'VOCSBDDataset', 'attention_maps', 'attention_targets', 'context_rois'
 ]

@@ -1,14 +1,15 @@
-"""PASCAL VOC with SBD instance masks (the paper's "07+12+S")."""
+"""Datasets: COCO that reports what it drops, and PASCAL VOC with SBD instance masks ("07+12+S")."""
 import json
 import logging
 import os.path as osp
+from collections import Counter
 from typing import Dict, List, Optional, Union
 
 import numpy as np
 from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 
-from mmdet.datasets import VOCDataset
+from mmdet.datasets import CocoDataset, VOCDataset
 from mmdet.registry import DATASETS
 
 SBD_FORMAT = 'acouplenet-sbd-instances-v1'
@@ -24,6 +25,54 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def coco_drop_reason(ann: dict, img_info: dict, cat_ids) -> Optional[str]:
+    """Why mmdet's ``CocoDataset.parse_data_info`` drops an annotation, or None if it keeps it."""
+    if ann.get('ignore', False):
+        return 'marked ignore'
+    x1, y1, w, h = ann['bbox']
+    # (mmdet tests "outside" first; a zero-width box fails both, and is reported as what it is)
+    if ann['area'] <= 0 or w < 1 or h < 1:
+        return 'zero-size box (width or height < 1, or area <= 0)'
+    if (max(0, min(x1 + w, img_info['width']) - max(x1, 0)) * max(0, min(y1 + h, img_info['height']) - max(y1, 0))
+            == 0):
+        return 'box outside its image'
+    if ann['category_id'] not in cat_ids:
+        return 'category not in the dataset\'s classes'
+    return None
+
+
+@DATASETS.register_module()
+class CheckedCocoDataset(CocoDataset):
+    """mmdet's :class:`CocoDataset` that says which annotations it drops and why.
+
+    mmdet drops annotations with zero-size boxes, boxes outside their image,
+    an ``ignore`` mark or an unknown category without a word; this dataset
+    drops the same ones and logs a summary (counts per reason, a few examples)
+    once it has loaded. Boxes that only partly leave the image are kept and
+    clipped by the pipeline's ``Resize``.
+    """
+
+    def load_data_list(self) -> List[dict]:
+        self._dropped: Counter = Counter()
+        self._examples: List[str] = []
+        data_list = super().load_data_list()
+        if self._dropped:
+            reasons = ', '.join(f'{n} {reason}' for reason, n in self._dropped.most_common())
+            print_log(f'{type(self).__name__} ({self.ann_file}): dropped {sum(self._dropped.values())} annotation(s): '
+                      f'{reasons}; e.g. {"; ".join(self._examples)}', logger='current', level=logging.WARNING)
+        return data_list
+
+    def parse_data_info(self, raw_data_info: dict) -> Union[dict, List[dict]]:
+        img_info = raw_data_info['raw_img_info']
+        for ann in raw_data_info['raw_ann_info']:
+            reason = coco_drop_reason(ann, img_info, self.cat_ids)
+            if reason:
+                self._dropped[reason] += 1
+                if len(self._examples) < 3:
+                    self._examples.append(f'annotation {ann.get("id")} of {img_info["file_name"]}: {reason}')
+        return super().parse_data_info(raw_data_info)
 
 
 def load_sbd_instances(path: str, backend_args: Optional[dict] = None) -> Dict[str, dict]:

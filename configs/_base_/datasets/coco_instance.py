@@ -3,7 +3,8 @@
 _base_ = 'mmdet::_base_/datasets/coco_instance.py'
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    # skips (and logs) a missing, corrupt or truncated image instead of stopping the run
+    dict(type='SafeLoadImageFromFile', skip_bad=True, backend_args={{_base_.backend_args}}),
     # mmdet's LoadAnnotations, but an instance without a usable mask keeps its box as its mask.
     dict(type='LoadAttentionAnnotations', with_bbox=True, with_mask=True),
     dict(type='Resize', scale=(1000, 600), keep_ratio=True),
@@ -16,8 +17,9 @@ test_pipeline = [
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
 ]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+# CheckedCocoDataset: mmdet's CocoDataset that logs the annotations it drops.
+train_dataloader = dict(dataset=dict(type='CheckedCocoDataset', pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(type='CheckedCocoDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(metric='bbox')
 test_evaluator = val_evaluator

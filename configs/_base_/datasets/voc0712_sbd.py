@@ -4,7 +4,7 @@
 _base_ = 'mmdet::_base_/datasets/voc0712.py'
 
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='SafeLoadImageFromFile', skip_bad=True, backend_args={{_base_.backend_args}}),
     # mmdet's LoadAnnotations, but an object without a mask keeps its box as its mask.
     dict(type='LoadAttentionAnnotations', with_bbox=True, with_mask=True),
     dict(type='Resize', scale=(1000, 600), keep_ratio=True),

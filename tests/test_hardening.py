@@ -1,0 +1,299 @@
+"""Bad input, faults and numerical safety: each gives a clear error naming the problem and the fix, or a
+logged skip, and loses nothing."""
+import io
+import json
+import os
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mmdet.registry import DATASETS, MODELS
+from projects.acouplenet import PSRoIExtractor, context_rois
+from projects.acouplenet import datasets as datasets_module
+from projects.acouplenet import transforms as transforms_module
+from projects.acouplenet.fileio import AtomicLocalBackend, atomic_write
+from projects.acouplenet.safe_loading import assert_checkpoint_fits
+from projects.acouplenet.transforms import LoadAttentionAnnotations, SafeLoadImageFromFile
+
+from .conftest import SHAPES_CONFIG, make_sample, shrink_model_cfg, tiny_train_cfg
+
+
+@pytest.fixture()
+def logged(monkeypatch):
+    """Messages the project logs through print_log."""
+    messages = []
+    for module in (transforms_module, datasets_module):
+        monkeypatch.setattr(module, 'print_log', lambda msg, **kw: messages.append(msg))
+    monkeypatch.setattr(LoadAttentionAnnotations, '_logged', False)
+    return messages
+
+
+# -- images ----------------------------------------------------------------------------------------
+def _jpeg(path, shape=(60, 80, 3)):
+    cv2.imwrite(str(path), np.random.RandomState(0).randint(0, 255, shape, np.uint8))
+    return path
+
+
+def test_corrupt_and_truncated_images_are_skipped_with_a_log_line_in_training(tmp_path, logged):
+    corrupt = tmp_path / 'corrupt.jpg'
+    corrupt.write_bytes(b'\xff\xd8 not really a jpeg \xff\xd9')
+    truncated = tmp_path / 'truncated.jpg'
+    truncated.write_bytes(_jpeg(tmp_path / 'whole.jpg').read_bytes()[:-300])
+    assert cv2.imread(str(truncated)) is not None  # OpenCV would hand back a half-grey image
+    loader = SafeLoadImageFromFile(skip_bad=True)
+    for path, why in ((corrupt, 'cannot be decoded'), (truncated, 'truncated JPEG'),
+                      (tmp_path / 'missing.jpg', 'does not exist')):
+        assert loader(dict(img_path=str(path))) is None
+        assert why in logged[-1] and str(path) in logged[-1] and 'Replace the file' in logged[-1]
+    with pytest.raises(ValueError, match=r'truncated\.jpg is a truncated JPEG.*replace the file or remove it'):
+        SafeLoadImageFromFile()(dict(img_path=str(truncated)))
+    assert SafeLoadImageFromFile()(dict(img_path=str(tmp_path / 'whole.jpg')))['img'].shape == (60, 80, 3)
+
+
+def test_truncated_png_is_caught(tmp_path):
+    path = tmp_path / 'a.png'
+    cv2.imwrite(str(path), np.zeros((40, 40, 3), np.uint8))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match='truncated PNG'):
+        SafeLoadImageFromFile()(dict(img_path=str(path)))
+
+
+@pytest.mark.parametrize('channels', [1, 4])
+def test_grayscale_and_rgba_images_load_as_bgr(tmp_path, channels):
+    path = tmp_path / f'img{channels}.png'
+    cv2.imwrite(str(path), np.full((30, 50, channels) if channels > 1 else (30, 50), 200, np.uint8))
+    assert SafeLoadImageFromFile()(dict(img_path=str(path)))['img'].shape == (30, 50, 3)
+
+
+def _coco(tmp_path, images, annotations, name='ann.json'):
+    data = dict(images=images, annotations=annotations, categories=[dict(id=1, name='face-ellipse'),
+                                                                     dict(id=2, name='face-box')])
+    (tmp_path / name).write_text(json.dumps(data))
+    return str(tmp_path / name)
+
+
+def _dataset(tmp_path, ann_file, pipeline):
+    return DATASETS.build(dict(type='CheckedCocoDataset', data_root=str(tmp_path), ann_file=ann_file,
+                               data_prefix=dict(img=''), metainfo=dict(classes=('face-ellipse', 'face-box')),
+                               filter_cfg=dict(filter_empty_gt=False), pipeline=pipeline))
+
+
+def test_dataset_draws_another_image_when_one_is_corrupt(tmp_path, logged):
+    _jpeg(tmp_path / 'good.jpg')
+    (tmp_path / 'bad.jpg').write_bytes(b'garbage')
+    images = [dict(id=1, file_name='bad.jpg', height=60, width=80), dict(id=2, file_name='good.jpg', height=60,
+                                                                          width=80)]
+    ann_file = _coco(tmp_path, images, [dict(id=1, image_id=2, category_id=1, bbox=[5, 5, 20, 20], area=400,
+                                             iscrowd=0)])
+    dataset = _dataset(tmp_path, ann_file, [dict(type='SafeLoadImageFromFile', skip_bad=True),
+                                            dict(type='LoadAnnotations', with_bbox=True),
+                                            dict(type='PackDetInputs')])
+    item = dataset[0]
+    assert item['data_samples'].img_path.endswith('good.jpg')
+    assert any('bad.jpg' in m and 'skipping' in m for m in logged)
+
+
+def test_dataset_reports_the_annotations_it_drops(tmp_path, logged):
+    _jpeg(tmp_path / 'a.jpg')
+    anns = [
+        dict(id=1, image_id=1, category_id=1, bbox=[5, 5, 20, 20], area=400, iscrowd=0),
+        dict(id=2, image_id=1, category_id=1, bbox=[5, 5, 0, 20], area=0, iscrowd=0),  # zero width
+        dict(id=3, image_id=1, category_id=2, bbox=[200, 200, 10, 10], area=100, iscrowd=0),  # outside
+        dict(id=4, image_id=1, category_id=2, bbox=[70, 50, 30, 30], area=900, iscrowd=0),  # partly outside
+    ]
+    ann_file = _coco(tmp_path, [dict(id=1, file_name='a.jpg', height=60, width=80)], anns)
+    dataset = _dataset(tmp_path, ann_file, [dict(type='SafeLoadImageFromFile'),
+                                            dict(type='LoadAnnotations', with_bbox=True),
+                                            dict(type='Resize', scale=(80, 60), keep_ratio=True),
+                                            dict(type='PackDetInputs')])
+    assert len(dataset.get_data_info(0)['instances']) == 2
+    assert any('dropped 2 annotation(s)' in m and 'zero-size box' in m and 'box outside its image' in m
+               and 'annotation 2 of a.jpg' in m for m in logged)
+    boxes = dataset[0]['data_samples'].gt_instances.bboxes.tensor
+    assert (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 60).all()  # the partly-outside box is clipped
+
+
+def test_instances_without_usable_masks_keep_their_boxes(logged):
+    results = dict(img_path='x.jpg', ori_shape=(40, 40), img_shape=(40, 40), instances=[
+        dict(bbox=[2, 2, 10, 10], bbox_label=0, ignore_flag=0, mask=[[2, 2, 10, 2, 10, 10]]),  # a triangle
+        dict(bbox=[12, 12, 30, 20], bbox_label=1, ignore_flag=0, mask=[[12, 12, 30, 12]]),  # 2 points
+        dict(bbox=[20, 25, 35, 39], bbox_label=1, ignore_flag=0),  # no mask at all
+    ])
+    out = LoadAttentionAnnotations(with_bbox=True, with_mask=True)(results)
+    assert out['gt_ignore_flags'].tolist() == [False, False, False]  # mmdet would ignore the second
+    masks = out['gt_masks'].masks
+    assert masks[1][12:20, 12:30].all() and masks[2][25:39, 20:35].all()  # the boxes stand in
+    assert len(logged) == 1 and '2 instance(s) of x.jpg have no usable mask' in logged[0]
+
+
+def test_an_image_without_objects_trains():
+    cfg = Config.fromfile(str(SHAPES_CONFIG))
+    model = MODELS.build(shrink_model_cfg(cfg.model))
+    model.init_weights()
+    model.train()
+    samples = [make_sample(boxes=np.zeros((0, 4)), labels=()), make_sample()]
+    losses = model.loss(torch.randn(2, 3, 128, 160), samples)
+    loss, _ = model.parse_losses(losses)
+    assert torch.isfinite(loss)
+
+
+def test_a_very_large_image(tmp_path):
+    from mmdet.apis import inference_detector, init_detector
+    path = tmp_path / 'large.jpg'
+    cv2.imwrite(str(path), np.random.RandomState(1).randint(0, 255, (3000, 4500, 3), np.uint8))
+    cfg = Config.fromfile(str(SHAPES_CONFIG))
+    model = init_detector(cfg, device='cpu')
+    result = inference_detector(model, str(path))
+    assert result.metainfo['img_shape'] == (171, 256) and result.metainfo['ori_shape'] == (3000, 4500)
+    boxes = result.pred_instances.bboxes
+    assert (boxes[:, 2] <= 4500).all() and (boxes[:, 3] <= 3000).all()
+
+
+# -- configs -------------------------------------------------------------------------------------------
+def test_class_count_that_does_not_match_the_dataset(tmp_path, tiny_shapes):
+    cfg = tiny_train_cfg(tiny_shapes, tmp_path, iters=2)
+    cfg.model.roi_head.bbox_head.num_classes = 80
+    cfg.experiment_name = 'classes'
+    with pytest.raises(ValueError, match=r'num_classes=80, but the train dataset CheckedCocoDataset has 6 classes.*'
+                                         r'Set model\.roi_head\.bbox_head\.num_classes=6'):
+        Runner.from_cfg(cfg).train()
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+def test_checkpoint_of_another_model_is_reported(tmp_path):
+    cfg = Config.fromfile(str(SHAPES_CONFIG))
+    model = MODELS.build(cfg.model)
+    other = dict(cfg.model.roi_head.bbox_head, num_classes=3)
+    other_model = MODELS.build(dict(cfg.model, roi_head=dict(cfg.model.roi_head, bbox_head=other)))
+    state = other_model.state_dict()
+    state['extra.weight'] = torch.zeros(1)
+    state.pop('rpn_head.rpn_conv.bias')
+    torch.save(dict(state_dict=state), tmp_path / 'other.pth')
+    with pytest.raises(ValueError) as info:
+        assert_checkpoint_fits(model, str(tmp_path / 'other.pth'), 'shapes.py')
+    message = str(info.value)
+    assert 'does not fit the model of shapes.py' in message
+    assert 'shape mismatches' in message and 'roi_head.bbox_head.local_cls_conv.weight' in message
+    assert 'missing from the checkpoint: rpn_head.rpn_conv.bias' in message
+    assert 'not in the model: extra.weight' in message and 'Use the config the checkpoint was trained with' in message
+    torch.save(dict(state_dict=model.state_dict()), tmp_path / 'own.pth')
+    assert_checkpoint_fits(model, str(tmp_path / 'own.pth'))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ('touch pwned_marker',))
+
+
+def test_checkpoints_with_arbitrary_objects_are_refused(tmp_path):
+    from mmengine.runner import load_checkpoint
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=_Payload()), tmp_path / 'evil.pth')
+    with pytest.raises(pickle.UnpicklingError, match='(?s)Weights only load failed.*GLOBAL posix.system'):
+        load_checkpoint(torch.nn.Linear(1, 1), str(tmp_path / 'evil.pth'))
+    assert not (tmp_path / 'pwned_marker').exists() and not os.path.exists('pwned_marker')
+
+    # getattr is allowed only for HistoryBuffer's statistics methods, not to reach e.g. ndarray.tofile.
+    class _Sneaky:
+        def __reduce__(self):
+            return (getattr, (np.ndarray, 'tofile'))
+    torch.save({'x': _Sneaky()}, tmp_path / 'sneaky.pth')
+    with pytest.raises(pickle.UnpicklingError, match='refusing getattr'):
+        torch.load(tmp_path / 'sneaky.pth')
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    target = tmp_path / 'iter_4.pth'
+    backend = AtomicLocalBackend()
+    buffer = io.BytesIO()
+    torch.save({'state_dict': {'w': torch.ones(3)}}, buffer)
+    backend.put(buffer.getvalue(), target)
+    backend.put_text(str(target), tmp_path / 'last_checkpoint')
+
+    class Killed(BaseException):
+        pass
+
+    real_fdopen = os.fdopen
+
+    def dying_fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        real_write = f.write
+
+        def write(data):
+            real_write(data[:len(data) // 2])
+            raise Killed()
+        f.write = write
+        return f
+
+    monkeypatch.setattr(os, 'fdopen', dying_fdopen)
+    with pytest.raises(Killed):
+        backend.put(b'x' * 1000, target)
+    with pytest.raises(Killed):
+        atomic_write('iter_6.pth', tmp_path / 'last_checkpoint')
+    monkeypatch.setattr(os, 'fdopen', real_fdopen)
+    assert torch.equal(torch.load(target)['state_dict']['w'], torch.ones(3))
+    assert (tmp_path / 'last_checkpoint').read_text() == str(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['iter_4.pth', 'last_checkpoint']
+
+
+def test_mmengine_writes_checkpoints_through_the_atomic_backend(tmp_path):
+    from mmengine.fileio import get_file_backend
+    assert isinstance(get_file_backend(str(tmp_path / 'x.pth')), AtomicLocalBackend)
+
+
+# -- property-based ------------------------------------------------------------------------------------
+coords = st.floats(min_value=-40, max_value=200, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def rois(draw, max_rois=6):
+    n = draw(st.integers(min_value=0, max_value=max_rois))
+    rows = []
+    for _ in range(n):
+        x1, y1 = draw(coords), draw(coords)
+        # degenerate (zero-size) and reversed boxes included
+        x2 = draw(st.one_of(st.just(x1), coords))
+        y2 = draw(st.one_of(st.just(y1), coords))
+        rows.append([float(draw(st.integers(0, 1))), x1, y1, x2, y2])
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(boxes=rois(), mode=st.sampled_from(['PSRoIPool', 'PSRoIAlign']), k=st.integers(1, 4),
+       stride=st.sampled_from([4, 8, 16]))
+def test_ps_roi_pooling_properties(boxes, mode, k, stride):
+    feat = torch.rand(2, k * k * 3, 9, 11) * 4 - 1  # values in [-1, 3)
+    out = PSRoIExtractor(roi_layer=dict(type=mode, output_size=k), featmap_strides=[stride])((feat, ), boxes)
+    assert out.shape == (len(boxes), 3, k, k)
+    assert torch.isfinite(out).all()
+    # averages of cells or of bilinear samples (zero outside the map) stay within the input's range
+    assert (out >= min(feat.min().item(), 0) - 1e-5).all() and (out <= max(feat.max().item(), 0) + 1e-5).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(boxes=rois(max_rois=8), scale=st.floats(min_value=1.0, max_value=4.0),
+       height=st.integers(1, 300), width=st.integers(1, 300))
+def test_context_box_properties(boxes, scale, height, width):
+    sizes = torch.tensor([[height, width], [max(height // 2, 1), width]], dtype=torch.float32)
+    ctx = context_rois(boxes, sizes, scale)
+    assert ctx.shape == boxes.shape and torch.isfinite(ctx).all()
+    if len(boxes) == 0:
+        return
+    assert torch.equal(ctx[:, 0], boxes[:, 0])
+    limits = sizes[boxes[:, 0].long()]
+    assert (ctx[:, 1:] >= 0).all()
+    assert (ctx[:, [1, 3]] <= limits[:, 1:2]).all() and (ctx[:, [2, 4]] <= limits[:, 0:1]).all()
+    assert (ctx[:, 3] >= ctx[:, 1]).all() and (ctx[:, 4] >= ctx[:, 2]).all()
+    # the context holds the part of the (ordered) box that lies in the image
+    lo = torch.minimum(boxes[:, 1:3], boxes[:, 3:5])
+    hi = torch.maximum(boxes[:, 1:3], boxes[:, 3:5])
+    wh = limits.flip(1)
+    clipped_lo = torch.minimum(lo.clamp(min=0), wh)
+    clipped_hi = torch.minimum(hi.clamp(min=0), wh)
+    assert (ctx[:, 1:3] <= clipped_lo + 1e-4).all() and (ctx[:, 3:5] >= clipped_hi - 1e-4).all()
