@@ -13,6 +13,8 @@ import os.path as osp
 import sys
 import time
 
+from mmengine.config import DictAction
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -32,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('--regenerate', action='store_true',
                         help='generate the dataset again even if a complete one is there')
     parser.add_argument('--figure-images', type=int, default=4, help='val images in the picture')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
+                        help='override settings of the config, as key=value pairs (mmdet syntax)')
     return parser.parse_args(argv)
 
 
@@ -67,6 +71,8 @@ def build_cfg(args):
 
     from projects.acouplenet.runtime import prepare_cfg, set_coco_data_root, set_iterations
     cfg = Config.fromfile(osp.join(REPO, args.config) if not osp.isabs(args.config) else args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
     set_coco_data_root(cfg, args.data_root)
     set_iterations(cfg, args.iters or cfg.train_cfg.max_iters)
     cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1  # evaluated once, by runner.test() after training

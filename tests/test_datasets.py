@@ -1,0 +1,187 @@
+"""The real dataset formats, on small datasets the tests write: COCO instances feeding the attention
+targets with the paper's multi-scale pipeline, and VOC07+12 with SBD instance masks ("07+12+S")."""
+import os
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from scipy.io import savemat
+
+from mmdet.evaluation import VOCMetric
+from mmdet.registry import DATASETS, MODELS
+from projects.acouplenet import attention_targets
+
+from .conftest import REPO, shrink_model_cfg
+
+BASES = REPO / 'configs' / '_base_' / 'datasets'
+COCO_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_8xb2-ms-180k_coco.py'
+
+
+def _train_dataset(config, data_root, **dataset_overrides):
+    cfg = Config.fromfile(str(config))
+    dataset = cfg.train_dataloader.dataset
+    for part in dataset.get('datasets', [dataset]):  # a ConcatDataset's parts, or the dataset itself
+        part.data_root = str(data_root) + '/'
+        part.update(dataset_overrides)
+    return DATASETS.build(dataset)
+
+
+def test_coco_masks_feed_the_attention_targets(tiny_shapes):
+    """The paper's COCO pipeline on a COCO-format dataset with masks (the generated one)."""
+    dataset = _train_dataset(BASES / 'coco_instance_ms.py', tiny_shapes, ann_file='annotations/instances_train.json',
+                             data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True),
+                             metainfo=dict(classes=('face-ellipse', 'face-box', 'face-triangle', 'cross-ellipse',
+                                                    'cross-box', 'cross-triangle')))
+    shorter, longer = set(), []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        sample = item['data_samples']
+        h, w = sample.img_shape
+        shorter.add(min(h, w))
+        longer.append(max(h, w))
+        masks = sample.gt_instances.masks
+        assert len(masks) == len(sample.gt_instances) > 0 and masks.masks.shape[1:] == (h, w)
+        # the targets are the union of the masks: inside the boxes, and smaller than them
+        (target, ), fallback = attention_targets([sample.gt_instances], (h, w), [(h, w)], threshold=None)
+        (boxes, ), _ = attention_targets([sample.gt_instances], (h, w), [(h, w)], target_source='box',
+                                         threshold=None)
+        assert fallback == [] and 0 < target.sum() < boxes.sum()
+        assert (target > boxes).float().mean() < 0.005  # (resizing may move a mask edge by a pixel)
+    assert shorter <= {480, 576, 600, 672, 768, 864} and max(longer) <= 1000
+
+
+# -- VOC + SBD ----------------------------------------------------------------------------------------
+def _voc_image(root, year, image_id, objects, size=(120, 160)):
+    """Write a JPEG and its VOC XML; objects are (class, x1, y1, x2, y2) in VOC's 1-based pixels."""
+    h, w = size
+    (root / year / 'JPEGImages').mkdir(parents=True, exist_ok=True)
+    (root / year / 'Annotations').mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / year / 'JPEGImages' / f'{image_id}.jpg'),
+                np.random.RandomState(len(image_id)).randint(0, 255, (h, w, 3), np.uint8))
+    ann = ET.Element('annotation')
+    ET.SubElement(ann, 'filename').text = f'{image_id}.jpg'
+    size_el = ET.SubElement(ann, 'size')
+    for tag, value in (('width', w), ('height', h), ('depth', 3)):
+        ET.SubElement(size_el, tag).text = str(value)
+    for name, x1, y1, x2, y2 in objects:
+        obj = ET.SubElement(ann, 'object')
+        ET.SubElement(obj, 'name').text = name
+        ET.SubElement(obj, 'difficult').text = '0'
+        box = ET.SubElement(obj, 'bndbox')
+        for tag, value in (('xmin', x1), ('ymin', y1), ('xmax', x2), ('ymax', y2)):
+            ET.SubElement(box, tag).text = str(value)
+    ET.ElementTree(ann).write(root / year / 'Annotations' / f'{image_id}.xml')
+
+
+def _sbd_instances(sbd_root, image_id, masks, categories, size=(120, 160)):
+    """Write an SBD inst/<id>.mat: Segmentation holds instance indices 1..n."""
+    (sbd_root / 'inst').mkdir(parents=True, exist_ok=True)
+    seg = np.zeros(size, np.uint8)
+    for index, mask in enumerate(masks, start=1):
+        seg[mask] = index
+    savemat(str(sbd_root / 'inst' / f'{image_id}.mat'),
+            {'GTinst': {'Segmentation': seg, 'Categories': np.array(categories, np.uint8).reshape(-1, 1),
+                        'Boundaries': np.zeros((len(categories), 1), object)}})
+
+
+@pytest.fixture()
+def voc_sbd(tmp_path):
+    root = tmp_path / 'VOCdevkit'
+    # VOC2007: one image with SBD masks for its person (a disc) but not for its dog; one without SBD.
+    _voc_image(root, 'VOC2007', '000001', [('person', 21, 11, 80, 70), ('dog', 101, 51, 150, 110)])
+    _voc_image(root, 'VOC2007', '000002', [('car', 11, 11, 60, 50)])
+    _voc_image(root, 'VOC2012', '2008_000003', [('cat', 31, 21, 130, 100)])
+    for year, ids in (('VOC2007', ['000001', '000002']), ('VOC2012', ['2008_000003'])):
+        (root / year / 'ImageSets' / 'Main').mkdir(parents=True)
+        (root / year / 'ImageSets' / 'Main' / 'trainval.txt').write_text('\n'.join(ids) + '\n')
+        (root / year / 'ImageSets' / 'Main' / 'test.txt').write_text('\n'.join(ids) + '\n')
+    yy, xx = np.mgrid[:120, :160]
+    disc = (yy - 40) ** 2 + (xx - 50) ** 2 <= 28 ** 2  # inside the person box
+    cat = np.zeros((120, 160), bool)
+    cat[30:90, 40:120] = True
+    sbd = tmp_path / 'benchmark_RELEASE' / 'dataset'
+    _sbd_instances(sbd, '000001', [disc], [15])  # 15 = person
+    _sbd_instances(sbd, '2008_000003', [cat], [8])  # 8 = cat
+    return root, sbd, disc
+
+
+def test_sbd_converter_and_voc_dataset_with_masks(voc_sbd):
+    import subprocess
+    import sys
+    root, sbd, disc = voc_sbd
+    (root / 'SBD').mkdir()
+    out = subprocess.run([sys.executable, str(REPO / 'tools' / 'dataset_converters' / 'sbd_to_masks.py'), str(sbd),
+                          str(root / 'SBD' / 'sbd_instances.json')], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '2 instances in 2 images' in out.stdout
+
+    dataset = _train_dataset(BASES / 'voc0712_sbd_ms.py', root)
+    assert len(dataset) == 3
+    by_id = {}
+    for i in range(len(dataset)):
+        sample = dataset[i]['data_samples']
+        by_id[os.path.basename(sample.img_path)] = sample
+    person_img = by_id['000001.jpg']
+    h, w = person_img.img_shape
+    masks = person_img.gt_instances.masks.masks
+    scale = h / 120
+    labels = person_img.gt_instances.labels.tolist()
+    person = masks[labels.index(14)]  # 14 = person (0-based)
+    dog = masks[labels.index(11)]
+    assert abs(person.sum() - disc.sum() * scale * scale) / (disc.sum() * scale * scale) < 0.1  # the disc
+    box = person_img.gt_instances.bboxes.tensor[labels.index(11)]
+    assert abs(dog.sum() - (box[2] - box[0]) * (box[3] - box[1])) / dog.sum() < 0.1  # the dog: its box
+    # shorter side from the paper's scales, unless the longer side hit its 1000 limit first
+    assert (min(h, w) in {480, 576, 600, 672, 768, 864} or max(h, w) == 1000) and max(h, w) <= 1000
+    car = by_id['000002.jpg']  # no SBD: box masks
+    assert len(car.gt_instances.masks) == 1
+
+
+def test_voc_metric_on_the_voc_test_split(voc_sbd):
+    root, _, _ = voc_sbd
+    cfg = Config.fromfile(str(BASES / 'voc0712_sbd.py'))
+    cfg.test_dataloader.dataset.data_root = str(root) + '/'
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    metric = VOCMetric(metric='mAP', eval_mode='11points')
+    metric.dataset_meta = dataset.metainfo
+    for i in range(len(dataset)):
+        item = dataset[i]
+        sample = item['data_samples']
+        gt = sample.gt_instances
+        scale = torch.tensor(sample.scale_factor).repeat(2)
+        prediction = dict(img_id=sample.img_id, ori_shape=sample.ori_shape,
+                          pred_instances=dict(bboxes=gt.bboxes.tensor / scale, scores=torch.ones(len(gt)),
+                                              labels=gt.labels),
+                          gt_instances=dict(bboxes=gt.bboxes.tensor / scale, labels=gt.labels),
+                          ignored_instances=dict(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long)))
+        metric.process({}, [prediction])
+    assert metric.evaluate(len(dataset))['pascal_voc/mAP'] == pytest.approx(1.0)
+
+
+def test_voc_batch_trains_acouplenet_with_sbd_masks(voc_sbd, tmp_path):
+    import subprocess
+    import sys
+    root, sbd, _ = voc_sbd
+    (root / 'SBD').mkdir()
+    subprocess.run([sys.executable, str(REPO / 'tools' / 'dataset_converters' / 'sbd_to_masks.py'), str(sbd),
+                    str(root / 'SBD' / 'sbd_instances.json')], check=True, capture_output=True, timeout=120)
+    config = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'
+    dataset = _train_dataset(config, root)
+    cfg = Config.fromfile(str(config))
+    model = MODELS.build(shrink_model_cfg(cfg.model))
+    model.init_weights()
+    model.train()
+    data = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), training=True)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert {'loss_att_s4', 'loss_att_s8', 'loss_att_s16'} <= set(losses)
+    assert all(torch.isfinite(v).all() for k, v in losses.items() if k.startswith('loss_att'))
+
+
+def test_missing_sbd_file_names_the_converter(tmp_path, voc_sbd):
+    root, _, _ = voc_sbd
+    with pytest.raises(FileNotFoundError, match='sbd_to_masks.py'):
+        _train_dataset(BASES / 'voc0712_sbd.py', root)

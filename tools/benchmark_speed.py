@@ -1,0 +1,179 @@
+"""Inference speed of ACoupleNet, CoupleNet, R-FCN and mmdet's Faster R-CNN R-101-C4, side by side.
+
+    python tools/benchmark_speed.py [--device cpu|cuda] [--shape 600 1000] [--warmup 2] [--runs 5]
+                                    [--models ...] [--threads N] [--out work_dirs/benchmark_speed]
+
+ResNet-101 models with random weights (speed does not depend on them) on one 600 x 1000 image, COCO's
+81 classes, the paper's test setting: top 300 proposals (Table VI); Faster R-CNN C4 also with mmdet's
+default 1000. Each model runs in its own process so that its peak memory (resident set on CPU, torch's
+allocator on GPU) is its own. Prints one table with latency, throughput, peak memory, FLOPs and
+parameters, and the ratios the README reports; writes benchmark.md / benchmark.json into --out.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MODELS = {
+    'acouplenet': ('ACoupleNet R-101', 'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 300),
+    'couplenet': ('CoupleNet R-101', 'configs/acouplenet/couplenet_r101_4xb1-ms-580k_coco.py', 300),
+    'rfcn': ('R-FCN R-101 (local branch)', 'configs/acouplenet/ablations/rfcn_r101_1xb2-110k_voc0712.py', 300),
+    'faster-rcnn-300': ('Faster R-CNN R-101-C4, 300 proposals', 'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py',
+                        300),
+    'faster-rcnn-1000': ('Faster R-CNN R-101-C4, 1000 proposals (mmdet default)',
+                         'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py', 1000),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--shape', type=int, nargs=2, default=(600, 1000), metavar=('HEIGHT', 'WIDTH'))
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    parser.add_argument('--no-flops', action='store_true', help='skip FLOPs counting (slow on CPU)')
+    parser.add_argument('--out', default='work_dirs/benchmark_speed')
+    parser.add_argument('--worker', choices=list(MODELS), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def build(key: str, device: str):
+    """The model of ``key`` with random weights, in eval mode, and a batch of one image."""
+    import torch
+    from mmengine.config import Config
+
+    from mmdet.registry import MODELS as REGISTRY
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    import projects.acouplenet  # noqa: F401
+    _, config, proposals = MODELS[key]
+    cfg = Config.fromfile(osp.join(REPO, config))
+    cfg.model.roi_head.bbox_head.num_classes = 80
+    cfg.model.test_cfg.rpn.max_per_img = proposals
+    for part in (cfg.model.backbone, cfg.model.backbone.get('backbone', {}), cfg.model.roi_head.get('shared_head', {})):
+        if part:
+            part['init_cfg'] = None  # random weights: no download
+    model = REGISTRY.build(cfg.model)
+    model.init_weights()
+    return model.to(device).eval(), torch, DetDataSample
+
+
+def worker(args) -> dict:
+    import resource
+    model, torch, DetDataSample = build(args.worker, args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    h, w = args.shape
+    pad_h, pad_w = (h + 31) // 32 * 32, (w + 31) // 32 * 32
+    images = torch.randn(1, 3, pad_h, pad_w, device=args.device) * 50
+
+    def sample():
+        s = DetDataSample()
+        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(pad_h, pad_w),
+                            batch_input_shape=(pad_h, pad_w), scale_factor=(1.0, 1.0)))
+        return s
+
+    def sync():
+        if args.device.startswith('cuda'):
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            model.predict(images, [sample()])
+        sync()
+        if args.device.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats()
+        latencies = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            model.predict(images, [sample()])
+            sync()
+            latencies.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith('cuda')
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result = dict(latency_s=sorted(latencies)[len(latencies) // 2], mean_latency_s=sum(latencies) / len(latencies),
+                  images_per_s=len(latencies) / sum(latencies), peak_memory_mb=peak,
+                  params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=None)
+    if not args.no_flops:
+        from functools import partial
+
+        from mmengine.analysis import FlopAnalyzer
+        model.forward = partial(model._forward, batch_data_samples=[sample()])
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(model, (images, ))
+            analyzer.unsupported_ops_warnings(False)
+            analyzer.uncalled_modules_warnings(False)
+            result['gflops'] = analyzer.total() / 1e9
+    return result
+
+
+def table(rows, device) -> str:
+    lines = [f'| Model ({device}) | latency (s) | images/s | peak memory (MB) | GFLOPs | params (M) |',
+             '|---|---|---|---|---|---|']
+    for key, r in rows:
+        gflops = f'{r["gflops"]:.0f}' if r.get('gflops') else '-'
+        lines.append(f'| {MODELS[key][0]} | {r["latency_s"]:.3f} | {r["images_per_s"]:.2f} | '
+                     f'{r["peak_memory_mb"]:.0f} | {gflops} | {r["params_m"]:.1f} |')
+    return '\n'.join(lines)
+
+
+def ratios(results: dict) -> list:
+    lines = []
+    if 'acouplenet' in results:
+        a = results['acouplenet']
+        for key in ('faster-rcnn-300', 'faster-rcnn-1000'):
+            if key in results:
+                lines.append(f'ACoupleNet throughput / {MODELS[key][0]}: '
+                             f'{a["images_per_s"] / results[key]["images_per_s"]:.2f}x (target >= 2.5x)')
+        if 'rfcn' in results:
+            lines.append(f'ACoupleNet latency / R-FCN latency: {a["latency_s"] / results["rfcn"]["latency_s"]:.2f}x '
+                         f'(target <= 1.3x)')
+        if 'couplenet' in results:
+            lines.append(f'ACoupleNet latency / CoupleNet latency: '
+                         f'{a["latency_s"] / results["couplenet"]["latency_s"]:.2f}x')
+    return lines
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.path.insert(0, REPO)
+    if args.worker:
+        print('RESULT ' + json.dumps(worker(args)), flush=True)
+        return
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for key in args.models:
+        cmd = [sys.executable, __file__, '--worker', key, '--device', args.device, '--shape', *map(str, args.shape),
+               '--warmup', str(args.warmup), '--runs', str(args.runs)]
+        if args.threads:
+            cmd += ['--threads', str(args.threads)]
+        if args.no_flops:
+            cmd.append('--no-flops')
+        print(f'[benchmark_speed] {MODELS[key][0]} ...', flush=True)
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
+        if out.returncode != 0 or not lines:
+            raise SystemExit(f'{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
+        results[key] = json.loads(lines[-1][len('RESULT '):])
+    import torch
+    device = args.device if not args.device.startswith('cuda') else torch.cuda.get_device_name(0)
+    threads = args.threads or torch.get_num_threads()
+    header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes; median of {args.runs} '
+              f'runs after {args.warmup} warm-up; {device}' + (f', {threads} threads' if args.device == 'cpu' else ''))
+    text = '\n'.join([header, '', table(list(results.items()), args.device), '', *ratios(results)])
+    with open(osp.join(args.out, f'benchmark_{args.device.split(":")[0]}.md'), 'w') as f:
+        f.write(text + '\n')
+    with open(osp.join(args.out, f'benchmark_{args.device.split(":")[0]}.json'), 'w') as f:
+        json.dump(results, f, indent=2)
+    print(text)
+
+
+if __name__ == '__main__':
+    main()
