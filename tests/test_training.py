@@ -156,8 +156,10 @@ custom_hooks = [dict(type='NonFiniteLossHook'), dict(type='RNGStateHook'), dict(
     _run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir)], env=env)
     ranks = [torch.load(work_dir / f'rank{r}_weights.pth') for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 100
+    # DDP keeps the parameters equal; BN running statistics are per rank (mmengine's broadcast_buffers=False).
     for key in ranks[0]:
-        assert torch.equal(ranks[0][key], ranks[1][key]), key
+        if 'running_' not in key and 'num_batches_tracked' not in key:
+            assert torch.equal(ranks[0][key], ranks[1][key]), key
     initial = torch.load(work_dir / 'rank0_initial_weights.pth')
     assert any(not torch.equal(initial[k], ranks[0][k]) for k in initial), 'training did not change the weights'
     assert any('coco/bbox_mAP' in row for row in _scalars(work_dir))

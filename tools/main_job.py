@@ -42,15 +42,19 @@ def parse_args(argv=None):
 def ensure_dataset(root: str, num_train=None, num_val=None, seed=0, regenerate=False) -> dict:
     """Use the complete generated dataset at ``root``, or generate it.
 
-    A complete dataset is used as it is unless ``regenerate`` or a split size
-    that differs from it is asked for; a folder that is not a complete
-    generated dataset (a manifest is written last) is never overwritten.
+    A complete dataset of the current format is used as it is unless
+    ``regenerate`` or a split size that differs from it is asked for; one of
+    an older format is replaced. A folder without a manifest (written last by
+    the generator) is not a generated dataset and is never overwritten.
     """
-    from projects.acouplenet.shapes import MANIFEST, ShapesConfig, generate, is_complete
+    from projects.acouplenet.shapes import FORMAT, MANIFEST, ShapesConfig, generate, is_complete
     cfg = ShapesConfig(seed=seed)
     cfg.num_train = cfg.num_train if num_train is None else num_train
     cfg.num_val = cfg.num_val if num_val is None else num_val
     manifest_path = osp.join(root, MANIFEST)
+    if osp.exists(root) and not osp.isfile(manifest_path):
+        raise RuntimeError(f'{root} exists but holds no complete generated dataset ({MANIFEST} is missing); '
+                           f'move it away or pass another --data-root')
     if is_complete(root):
         with open(manifest_path) as f:
             manifest = json.load(f)
@@ -59,8 +63,7 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=0, regenerate=F
             print(f'[main_job] using the dataset in {root}', flush=True)
             return manifest
     elif osp.exists(root):
-        raise RuntimeError(f'{root} exists but holds no complete generated dataset ({MANIFEST} is missing); '
-                           f'move it away or pass another --data-root')
+        print(f'[main_job] {root} holds a dataset of another format than {FORMAT}; replacing it', flush=True)
     print(f'[main_job] generating the shapes dataset in {root} '
           f'({cfg.num_train} train / {cfg.num_val} val images)', flush=True)
     return generate(root, cfg, overwrite=osp.exists(root))
@@ -75,7 +78,9 @@ def build_cfg(args):
         cfg.merge_from_dict(args.cfg_options)
     set_coco_data_root(cfg, args.data_root)
     set_iterations(cfg, args.iters or cfg.train_cfg.max_iters)
-    cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1  # evaluated once, by runner.test() after training
+    # Evaluated once, by runner.test() after training: no validation loop (it would run at the last
+    # iteration too).
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     cfg.work_dir = osp.abspath(args.work_dir)
     cfg.randomness = dict(seed=args.seed)
     return prepare_cfg(cfg)

@@ -16,7 +16,7 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
-from projects.acouplenet.runtime import prepare_cfg  # noqa: E402
+from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg  # noqa: E402
 from projects.acouplenet.safe_loading import assert_checkpoint_fits  # noqa: E402
 
 
@@ -58,6 +58,7 @@ def main(argv=None):
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
     prepare_cfg(cfg)
+    init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     # mmengine only warns when a checkpoint does not fit; a test of half-random weights is no test.
     assert_checkpoint_fits(runner.model, args.checkpoint, args.config)

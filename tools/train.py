@@ -15,7 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
-from projects.acouplenet.runtime import prepare_cfg  # noqa: E402
+from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,6 +61,7 @@ def main(argv=None):
         cfg.resume = True
         cfg.load_from = args.resume
     prepare_cfg(cfg, amp=args.amp)
+    init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     return runner

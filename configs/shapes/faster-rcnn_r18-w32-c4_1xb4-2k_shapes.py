@@ -23,5 +23,5 @@ model = dict(
             init_cfg=None),
         bbox_roi_extractor=dict(out_channels=128),
         bbox_head=dict(in_channels=256, num_classes=6)),
-    train_cfg=dict(rpn_proposal=dict(nms_pre=2000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
     test_cfg=dict(rpn=dict(nms_pre=1000, max_per_img=300)))

@@ -13,7 +13,9 @@ class AmpUnavailableError(RuntimeError):
 def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
     """Make ``cfg`` runnable here, in place.
 
-    * Without CUDA, distributed runs use the gloo backend (NCCL needs GPUs).
+    * Without CUDA, distributed runs use the gloo backend (NCCL needs GPUs)
+      and DDP wraps the model without device ids (mmengine passes the local
+      rank as a CUDA device); see also :func:`init_cpu_distributed`.
     * ``amp``: mmengine's ``AmpOptimWrapper`` (a ``torch.cuda.amp`` grad scaler)
       when CUDA is available; on a CPU-only machine a clear error instead of
       mmengine's bare assertion.
@@ -23,6 +25,9 @@ def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
         dist_cfg = env_cfg.setdefault('dist_cfg', {})
         if dist_cfg.get('backend', 'nccl') == 'nccl':
             dist_cfg['backend'] = 'gloo'
+        if cfg.get('launcher', 'none') != 'none' and cfg.get('model_wrapper_cfg') is None:
+            cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                                         find_unused_parameters=cfg.get('find_unused_parameters', False))
     if amp:
         if not torch.cuda.is_available():
             raise AmpUnavailableError(
@@ -32,6 +37,22 @@ def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     return cfg
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Start the gloo process group of a CPU-only distributed run.
+
+    mmengine's ``init_dist`` calls ``torch.cuda.set_device`` before it starts
+    the process group, which fails on a machine without a GPU. Started here,
+    the group is reused by the runner (it only initialises when none exists).
+    """
+    import torch.distributed as dist
+    if launcher == 'none' or torch.cuda.is_available() or dist.is_initialized():
+        return
+    if launcher != 'pytorch':
+        raise RuntimeError(f'--launcher {launcher} on a machine without CUDA: CPU-only distributed runs support '
+                           f'--launcher pytorch (tools/dist_train.sh, torchrun)')
+    dist.init_process_group(backend='gloo')
 
 
 def set_coco_data_root(cfg: Config, root: str) -> Config:

