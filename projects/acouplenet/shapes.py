@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from .transforms import rle_from_bitmap
 
 OUTLINES = ('ellipse', 'star', 'triangle')
 LAYOUTS = ('face', 'cross')
@@ -285,12 +286,11 @@ def render_image(cfg: ShapesConfig, split: str, index: int) -> Tuple[np.ndarray,
         ys, xs = np.nonzero(visible)
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
         pad = (obj.full_mask.shape[0] - h) // 2
-        rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
         annotations.append(dict(
             category_id=obj.label + 1,
             bbox=[x0, y0, x1 - x0, y1 - y0],
             area=area,
-            segmentation=dict(size=[h, w], counts=rle['counts'].decode('ascii')),
+            segmentation=rle_from_bitmap(visible),
             iscrowd=0,
             visible_fraction=round(area / full_area, 4),
             truncated=bool(obj.full_mask[pad:pad + h, pad:pad + w].sum() < full_area),

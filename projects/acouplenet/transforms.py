@@ -116,11 +116,3 @@ def rle_from_bitmap(mask: np.ndarray) -> dict:
     rle['counts'] = rle['counts'].decode('ascii')
     return rle
 
-
-def rle_to_bitmap(rle: dict) -> np.ndarray:
-    """COCO RLE (``str`` or ``bytes`` counts) -> (H, W) uint8 mask."""
-    from pycocotools import mask as mask_utils
-    rle = dict(rle)
-    if isinstance(rle['counts'], str):
-        rle['counts'] = rle['counts'].encode('ascii')
-    return mask_utils.decode(rle)
