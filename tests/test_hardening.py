@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torchvision.ops import roi_pool
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -19,6 +20,7 @@ from projects.acouplenet import PSRoIExtractor, context_rois
 from projects.acouplenet import datasets as datasets_module
 from projects.acouplenet import transforms as transforms_module
 from projects.acouplenet.fileio import AtomicLocalBackend, atomic_write
+from projects.acouplenet.roi_extractors import RangeMaxRoIPool
 from projects.acouplenet.safe_loading import assert_checkpoint_fits
 from projects.acouplenet.transforms import LoadAttentionAnnotations, SafeLoadImageFromFile
 
@@ -274,6 +276,16 @@ def test_ps_roi_pooling_properties(boxes, mode, k, stride):
     assert torch.isfinite(out).all()
     # averages of cells or of bilinear samples (zero outside the map) stay within the input's range
     assert (out >= min(feat.min().item(), 0) - 1e-5).all() and (out <= max(feat.max().item(), 0) + 1e-5).all()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(boxes=rois(max_rois=8), k=st.integers(1, 7), stride=st.sampled_from([1, 4, 16]),
+       height=st.integers(1, 40), width=st.integers(1, 40))
+def test_range_max_roi_pool_equals_torchvision(boxes, k, stride, height, width):
+    """The CPU range-maximum RoI pooling is torchvision's RoIPool, bin for bin, on any RoIs."""
+    feat = torch.randn(2, 3, height, width)
+    out = RangeMaxRoIPool(k, 1.0 / stride)(feat, boxes)
+    assert torch.equal(out, roi_pool(feat, boxes, k, 1.0 / stride))
 
 
 @settings(max_examples=100, deadline=None)

@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
+from torchvision.ops import roi_pool
+
 from projects.acouplenet import PSRoIExtractor, TorchvisionRoIExtractor
+from projects.acouplenet.roi_extractors import RangeMaxRoIPool
 
 
 def _round(v):  # C's round(): half away from zero (rois here are non-negative)
@@ -215,6 +218,26 @@ def test_torchvision_roi_pool_matches_reference_and_gradcheck():
     out = extractor((feat, ), rois)
     torch.testing.assert_close(out, roi_max_pool_reference(feat.detach(), rois, 3, 0.25))
     assert torch.autograd.gradcheck(lambda f: extractor((f, ), rois), (feat, ))
+
+
+def test_range_max_roi_pool_matches_torchvision_on_large_bins_with_gradients():
+    """Big and clipped RoIs (bins up to 9 x 13 cells: several window levels), malformed ones, two images;
+    the gradient reaches each bin's maximum as torchvision's does."""
+    gen = torch.Generator().manual_seed(5)
+    feat = torch.randn(2, 6, 40, 64, generator=gen, dtype=torch.float64)
+    xy = torch.rand(200, 4, generator=gen, dtype=torch.float64) * torch.tensor([1100., 700., 1100., 700.]) - 50
+    rois = torch.cat([torch.randint(0, 2, (200, 1), generator=gen).double(), xy], dim=1)
+    rois[:20, 3:] = rois[:20, 1:3] - 5  # x2 < x1: torchvision's 1 x 1 RoI
+    layer = RangeMaxRoIPool(output_size=7, spatial_scale=1 / 16)
+    ours, theirs = feat.clone().requires_grad_(), feat.clone().requires_grad_()
+    out = layer(ours, rois)
+    torch.testing.assert_close(out, roi_pool(theirs, rois, 7, 1 / 16), rtol=0, atol=0)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (out * weights).sum().backward()
+    (roi_pool(theirs, rois, 7, 1 / 16) * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad)
+    assert TorchvisionRoIExtractor(roi_layer=dict(type='RoIPool', output_size=7), out_channels=6,
+                                   featmap_strides=[16]).roi_layers[0].__class__ is RangeMaxRoIPool
 
 
 def test_torchvision_extractor_rejects_bad_layers():

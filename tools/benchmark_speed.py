@@ -57,7 +57,9 @@ def build(key: str, device: str):
     cfg = Config.fromfile(osp.join(REPO, config))
     cfg.model.roi_head.bbox_head.num_classes = 80
     cfg.model.test_cfg.rpn.max_per_img = proposals
-    for part in (cfg.model.backbone, cfg.model.backbone.get('backbone', {}), cfg.model.roi_head.get('shared_head', {})):
+    # The wrapped ResNet (inside AttentionBackbone) or the plain one holds the pretrained init_cfg.
+    backbone = cfg.model.backbone.get('backbone', cfg.model.backbone)
+    for part in (backbone, cfg.model.roi_head.get('shared_head', {})):
         if part:
             part['init_cfg'] = None  # random weights: no download
     model = REGISTRY.build(cfg.model)

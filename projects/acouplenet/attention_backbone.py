@@ -36,7 +36,7 @@ class AttentionBlock(BaseModule):
         mid_channels (int): Channels between the two convs.
     """
 
-    def __init__(self, in_channels: int, mid_channels: int = 256) -> None:
+    def __init__(self, in_channels: int, mid_channels: int = 64) -> None:
         super().__init__(init_cfg=dict(type='Normal', layer='Conv2d', std=0.01, bias=0))
         self.conv1 = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
@@ -78,7 +78,7 @@ class AttentionMixin:
         **kwargs: Arguments of the wrapped backbone class.
     """
 
-    def __init__(self, *, attention_stages: Sequence[int] = (0, 1, 2), attention_channels: int = 256,
+    def __init__(self, *, attention_stages: Sequence[int] = (0, 1, 2), attention_channels: int = 64,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if not hasattr(self, 'res_layers'):
@@ -165,7 +165,7 @@ def attention_class(base: Type[nn.Module]) -> type:
 
 @MODELS.register_module()
 def AttentionBackbone(backbone: dict, attention_stages: Sequence[int] = (0, 1, 2),  # noqa: N802 (a registry type)
-                      attention_channels: int = 256) -> nn.Module:
+                      attention_channels: int = 64) -> nn.Module:
     """Build a ResNet-family backbone with cascade attention blocks.
 
     Args:

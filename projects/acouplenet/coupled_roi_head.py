@@ -111,8 +111,11 @@ class CoupledRoIHead(StandardRoIHead):
             if head.local_context:
                 local_context_bins = self.ps_roi_extractor((maps['local'], ), ctx_rois)
         if head.with_global:
-            global_feats = self.bbox_roi_extractor((maps['global'], ), rois)
             if head.global_context:
-                global_feats = torch.cat([global_feats, self.bbox_roi_extractor((maps['global'], ), ctx_rois)], 1)
+                # One pooling call for proposals and contexts (RangeMaxRoIPool builds its tables once).
+                pooled = self.bbox_roi_extractor((maps['global'], ), torch.cat([rois, ctx_rois]))
+                global_feats = torch.cat(pooled.split(rois.size(0)), dim=1)  # (n, 2C, k, k)
+            else:
+                global_feats = self.bbox_roi_extractor((maps['global'], ), rois)
         cls_score, bbox_pred = head(local_bins, global_feats, local_context_bins)
         return dict(cls_score=cls_score, bbox_pred=bbox_pred, bbox_feats=global_feats)
