@@ -220,24 +220,23 @@ def test_torchvision_roi_pool_matches_reference_and_gradcheck():
     assert torch.autograd.gradcheck(lambda f: extractor((f, ), rois), (feat, ))
 
 
-def test_range_max_roi_pool_matches_torchvision_on_large_bins_with_gradients():
-    """Big and clipped RoIs (bins up to 9 x 13 cells: several window levels), malformed ones, two images;
-    the gradient reaches each bin's maximum as torchvision's does."""
+def test_range_max_roi_pool_matches_torchvision_on_large_bins(monkeypatch):
+    """Big and clipped RoIs (bins up to 9 x 13 cells: several window levels), malformed ones, two images."""
     gen = torch.Generator().manual_seed(5)
     feat = torch.randn(2, 6, 40, 64, generator=gen, dtype=torch.float64)
     xy = torch.rand(200, 4, generator=gen, dtype=torch.float64) * torch.tensor([1100., 700., 1100., 700.]) - 50
     rois = torch.cat([torch.randint(0, 2, (200, 1), generator=gen).double(), xy], dim=1)
     rois[:20, 3:] = rois[:20, 1:3] - 5  # x2 < x1: torchvision's 1 x 1 RoI
     layer = RangeMaxRoIPool(output_size=7, spatial_scale=1 / 16)
-    ours, theirs = feat.clone().requires_grad_(), feat.clone().requires_grad_()
-    out = layer(ours, rois)
-    torch.testing.assert_close(out, roi_pool(theirs, rois, 7, 1 / 16), rtol=0, atol=0)
-    weights = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-    (out * weights).sum().backward()
-    (roi_pool(theirs, rois, 7, 1 / 16) * weights).sum().backward()
-    torch.testing.assert_close(ours.grad, theirs.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(feat, rois), roi_pool(feat, rois, 7, 1 / 16), rtol=0, atol=0)
     assert TorchvisionRoIExtractor(roi_layer=dict(type='RoIPool', output_size=7), out_channels=6,
                                    featmap_strides=[16]).roi_layers[0].__class__ is RangeMaxRoIPool
+    # Training takes torchvision's kernel (cheap argmax backward): the gathers never run under autograd.
+    calls = []
+    monkeypatch.setattr(torch.Tensor, 'index_copy_', lambda *a: calls.append(a))
+    out = layer(feat.clone().requires_grad_(), rois)
+    assert out.requires_grad and not calls
 
 
 def test_torchvision_extractor_rejects_bad_layers():

@@ -14,7 +14,6 @@ _base_ = [
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     backbone=dict(
-        attention_channels=64,
         backbone=dict(
             depth=18,
             base_channels=32,

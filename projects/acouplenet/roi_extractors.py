@@ -62,14 +62,17 @@ class RangeMaxRoIPool(RoIPool):
     whose maxima come from a table of all such windows built by doubling (one
     element-wise maximum of the map per level, vectorised over channels). So
     the work is a few passes over the map plus four channel-vector gathers per
-    bin, independent of the RoI sizes (a sparse table for range maxima). Differentiable through
-    autograd (the gradient reaches the maximum, as torchvision's does; exact
-    ties share it). CUDA inputs use torchvision's kernel, which is parallel.
+    bin, independent of the RoI sizes (a sparse table for range maxima).
+
+    It serves inference on the CPU. Where autograd records (training) and on
+    CUDA, torchvision's kernel runs: its argmax backward is far cheaper than
+    that of the gathers (4x on the shapes configs' training step), and its
+    CUDA kernel is parallel.
     """
 
     def forward(self, input: Tensor, rois: Tensor) -> Tensor:
         """(N, C, H, W) map, (R, 5) ``(batch_index, x1, y1, x2, y2)`` RoIs -> (R, C, kh, kw)."""
-        if input.is_cuda:
+        if input.is_cuda or (torch.is_grad_enabled() and input.requires_grad):
             return super().forward(input, rois)
         num_imgs, channels, height, width = input.shape
         pooled_h, pooled_w = _pair(self.output_size)
