@@ -88,8 +88,9 @@ class NonFiniteLossHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         if outputs is None or not self.every_n_train_iters(runner, self.check_interval):
             return
-        bad = {k: float(v) for k, v in outputs.items()
-               if 'loss' in k and isinstance(v, (torch.Tensor, float)) and not math.isfinite(float(v))}
+        values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else v for k, v in outputs.items()
+                  if 'loss' in k and isinstance(v, (torch.Tensor, float))}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             last = runner.message_hub.get_info('last_ckpt')
             message = (f'non-finite loss at iteration {runner.iter + 1}: '
