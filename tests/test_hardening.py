@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torchvision.ops import roi_pool
+from torchvision.ops import roi_align, roi_pool
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -20,7 +20,7 @@ from projects.acouplenet import PSRoIExtractor, context_rois
 from projects.acouplenet import datasets as datasets_module
 from projects.acouplenet import transforms as transforms_module
 from projects.acouplenet.fileio import AtomicLocalBackend, atomic_write
-from projects.acouplenet.roi_extractors import RangeMaxRoIPool
+from projects.acouplenet.roi_extractors import GatherRoIAlign, RangeMaxRoIPool
 from projects.acouplenet.safe_loading import assert_checkpoint_fits
 from projects.acouplenet.transforms import LoadAttentionAnnotations, SafeLoadImageFromFile
 
@@ -286,6 +286,27 @@ def test_range_max_roi_pool_equals_torchvision(boxes, k, stride, height, width):
     feat = torch.randn(2, 3, height, width)
     out = RangeMaxRoIPool(k, 1.0 / stride)(feat, boxes)
     assert torch.equal(out, roi_pool(feat, boxes, k, 1.0 / stride))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(boxes=rois(max_rois=8), k=st.integers(1, 7), stride=st.sampled_from([1, 4, 16]),
+       height=st.integers(1, 40), width=st.integers(1, 40), sampling_ratio=st.integers(0, 3),
+       aligned=st.booleans())
+def test_gather_roi_align_equals_torchvision(boxes, k, stride, height, width, sampling_ratio, aligned):
+    """The CPU gather RoIAlign is torchvision's RoIAlign, bin for bin, on any RoIs: finite, in range."""
+    feat = torch.randn(2, 3, height, width, dtype=torch.float64)
+    boxes = boxes.double()
+    out = GatherRoIAlign(k, 1.0 / stride, sampling_ratio, aligned)(feat, boxes)
+    assert out.shape == (len(boxes), 3, k, k) and torch.isfinite(out).all()
+    if aligned and sampling_ratio == 0:
+        # torchvision's CPU kernel fails on reversed RoIs here (a negative sample count); they take no samples
+        reversed_ = (boxes[:, 3] < boxes[:, 1]) | (boxes[:, 4] < boxes[:, 2])
+        assert (out[reversed_] == 0).all()
+        boxes, out = boxes[~reversed_], out[~reversed_]
+    torch.testing.assert_close(out, roi_align(feat, boxes, k, 1.0 / stride, sampling_ratio, aligned),
+                               rtol=0, atol=1e-12)
+    # averages of bilinear samples (zero off the map) stay within the input's range
+    assert (out >= min(feat.min().item(), 0) - 1e-9).all() and (out <= max(feat.max().item(), 0) + 1e-9).all()
 
 
 @settings(max_examples=100, deadline=None)

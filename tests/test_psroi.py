@@ -1,14 +1,14 @@
 """RoI extractors against plain-loop references: R-FCN's position-sensitive pooling and Fast R-CNN's
-RoI max pooling."""
+RoI max pooling; the CPU RoI layers against torchvision's and mmcv's kernels."""
 import math
 
 import pytest
 import torch
 
-from torchvision.ops import roi_pool
+from torchvision.ops import roi_align, roi_pool
 
 from projects.acouplenet import PSRoIExtractor, TorchvisionRoIExtractor
-from projects.acouplenet.roi_extractors import RangeMaxRoIPool
+from projects.acouplenet.roi_extractors import GatherRoIAlign, RangeMaxRoIPool
 
 
 def _round(v):  # C's round(): half away from zero (rois here are non-negative)
@@ -237,6 +237,58 @@ def test_range_max_roi_pool_matches_torchvision_on_large_bins(monkeypatch):
     monkeypatch.setattr(torch.Tensor, 'index_copy_', lambda *a: calls.append(a))
     out = layer(feat.clone().requires_grad_(), rois)
     assert out.requires_grad and not calls
+
+
+def _mixed_rois(n, gen, num_imgs=2):
+    """Big, small, clipped, off-map, zero-size and reversed RoIs on a 40 x 64 map of stride 16."""
+    corners = torch.rand(n, 2, 2, generator=gen, dtype=torch.float64) * torch.tensor([1100., 700.]) - 50
+    xy = torch.cat([corners.amin(1), corners.amax(1)], dim=1)
+    rois = torch.cat([torch.randint(0, num_imgs, (n, 1), generator=gen).double(), xy], dim=1)
+    rois[:10, 3:] = rois[:10, 1:3]  # zero-size
+    rois[10:20, 3:] = rois[10:20, 1:3] - 5  # x2 < x1
+    return rois
+
+
+@pytest.mark.parametrize('aligned', [True, False])
+@pytest.mark.parametrize('sampling_ratio', [0, 2])
+def test_gather_roi_align_matches_torchvision_forward_and_backward(sampling_ratio, aligned):
+    """Adaptive (0) and fixed sampling, both alignments, a non-square output, degenerate RoIs, two images."""
+    gen = torch.Generator().manual_seed(6)
+    feat = torch.randn(2, 5, 40, 64, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = _mixed_rois(120, gen)
+    layer = GatherRoIAlign(output_size=(7, 5), spatial_scale=1 / 16, sampling_ratio=sampling_ratio, aligned=aligned)
+    if aligned and sampling_ratio == 0:
+        # A reversed RoI has a negative adaptive sample count: torchvision's CPU kernel fails on it
+        # ("cannot create std::vector larger than max_size()"); this layer takes no samples, so zeros.
+        reversed_ = (rois[:, 3] < rois[:, 1]) | (rois[:, 4] < rois[:, 2])
+        assert reversed_.sum() >= 10
+        assert (layer(feat, rois[reversed_]) == 0).all()
+        rois = rois[~reversed_]
+    out = layer(feat, rois)
+    expected = roi_align(feat, rois, (7, 5), 1 / 16, sampling_ratio, aligned)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grad, = torch.autograd.grad(out, feat, grad_out)
+    expected_grad, = torch.autograd.grad(expected, feat, grad_out)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+    layer = TorchvisionRoIExtractor(roi_layer=dict(type='RoIAlign', output_size=7), out_channels=5,
+                                    featmap_strides=[16]).roi_layers[0]
+    # mmcv's defaults: an mmdet roi_layer dict means the same with this extractor
+    assert type(layer) is GatherRoIAlign and layer.sampling_ratio == 0 and layer.aligned
+
+
+def test_gather_roi_align_equals_mmcv_roi_align_of_mmdet_configs():
+    """mmdet's default RoI layer, mmcv's RoIAlign (aligned, adaptive sampling), gives the same numbers."""
+    from mmcv.ops import RoIAlign as MMCVRoIAlign
+    gen = torch.Generator().manual_seed(8)
+    feat = torch.randn(2, 4, 40, 64, generator=gen, requires_grad=True)
+    rois = _mixed_rois(60, gen)[20:].float()  # mmcv asserts on reversed RoIs (rows 10-19)
+    out = GatherRoIAlign(output_size=14, spatial_scale=1 / 16, sampling_ratio=0, aligned=True)(feat, rois)
+    expected = MMCVRoIAlign(14, 1 / 16, sampling_ratio=0)(feat, rois)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    grad, = torch.autograd.grad(out.sum(), feat)
+    expected_grad, = torch.autograd.grad(expected.sum(), feat)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
 
 
 def test_torchvision_extractor_rejects_bad_layers():
