@@ -3,8 +3,9 @@
 # - backbone: ResNet-18 at half width, trained from scratch (no ImageNet weights offline), so its BN
 #   layers train instead of staying frozen;
 # - input: 256 x 256 images at their own size, anchors of 16-128 px for 16-144 px objects, 1000 RPN
-#   boxes into NMS; position-sensitive RoIAlign, as quantised PS pooling of the many RoIs that cover only
-#   1-3 cells of the 16 x 16 conv5 maps loses their layout;
+#   boxes into NMS; RoIAlign in both branches (position-sensitive in the local one), as quantised pooling
+#   of the many RoIs that cover only 1-3 cells of the 16 x 16 conv5 maps loses their layout (the global
+#   branch alone: 11.0 AP with the paper's RoI max pooling, 20.3 with RoIAlign);
 # - schedule: 2k iterations of 4 images with AdamW (schedule_shapes_2k.py).
 _base_ = [
     '../_base_/models/acouplenet_r101.py', '../_base_/datasets/shapes.py',
@@ -26,7 +27,8 @@ model = dict(
     rpn_head=dict(in_channels=128, feat_channels=128, anchor_generator=dict(scales=[1, 2, 4, 8])),
     roi_head=dict(
         ps_roi_extractor=dict(roi_layer=dict(type='PSRoIAlign', output_size=7, sampling_ratio=2)),
-        bbox_roi_extractor=dict(out_channels=128),
+        bbox_roi_extractor=dict(
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2, aligned=True), out_channels=128),
         bbox_head=dict(in_channels=256, mid_channels=128, global_channels=128, num_classes=6)),
     # (NMS over 2000 boxes per image was a fifth of a CPU iteration; 1000 of the 3072 anchors suffice)
     train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300)),
