@@ -107,7 +107,7 @@ def write_report(work_dir: str, report: dict) -> None:
     atomic(osp.join(work_dir, 'report.json'), json.dumps(report, indent=2))
     m = report['metrics']
     lines = [
-        '# ACoupleNet on the generated shapes dataset', '',
+        f'# {osp.splitext(osp.basename(report["config"]))[0]} on the generated shapes dataset', '',
         f'- config: `{report["config"]}`',
         f'- data: {report["dataset"]["train_images"]} train / {report["dataset"]["val_images"]} val images '
         f'({report["dataset"]["val_objects"]} val objects), `{report["dataset"]["root"]}`',
