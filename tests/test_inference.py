@@ -3,6 +3,7 @@ import importlib.util
 import json
 
 import mmcv
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -75,3 +76,38 @@ def test_demo_writes_the_figure(checkpoint, images, tmp_path):
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
     with pytest.raises(SystemExit, match='not found'):
         demo.main(['missing.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)])
+
+
+def test_attention_in_boxes_against_a_hand_drawn_map():
+    from projects.acouplenet.visualization import attention_in_boxes
+    # A 4 x 8 map of a 64 x 128 image (stride 16): one box gated open, the rest half-closed.
+    amap = torch.full((4, 8), 0.1)
+    amap[1:3, 2:4] = 0.9
+    amap[1, 2] = 1.0
+    boxes = np.array([[32, 16, 64, 48],     # exactly cells rows 1-2, cols 2-3
+                      [100, 40, 110, 50],   # inside one cell (row 2, col 6)
+                      [-50, -50, -10, -10]])  # outside the image: touches no cell
+    stats, background = attention_in_boxes(amap, boxes, (64, 128))
+    np.testing.assert_allclose(stats[0], [0.9, 1.0, (1.0 + 3 * 0.9) / 4])  # centre (32+64)/2/16=3 -> col 3
+    np.testing.assert_allclose(stats[1], [0.1, 0.1, 0.1])
+    assert np.isnan(stats[2]).all()
+    assert background == pytest.approx(0.1)  # the 32 - 4 - 1 cells no box touches
+    _, no_background = attention_in_boxes(amap, np.array([[0, 0, 128, 64]]), (64, 128))
+    assert np.isnan(no_background)
+
+
+def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
+    spec = importlib.util.spec_from_file_location('attention_stats', REPO / 'tools' / 'attention_stats.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / 'stats.json'
+    rows = tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tiny_shapes), '--out', str(out)])
+    assert json.loads(out.read_text()) == rows
+    val = json.loads((tiny_shapes / 'annotations' / 'instances_val.json').read_text())
+    for stride in (4, 8, 16):
+        per_stride = [r for r in rows if r['stride'] == stride]
+        assert sum(r['n'] for r in per_stride if r['region'] != 'background') == len(val['annotations'])
+        for r in per_stride:
+            assert 0 <= r['mean'] <= r['max'] <= 1 and 0 <= r['centre'] <= r['max']
+    with pytest.raises(SystemExit, match='not found'):
+        tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tmp_path)])

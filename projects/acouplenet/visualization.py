@@ -57,6 +57,88 @@ def predict_with_attention(model, image: Union[str, np.ndarray]) -> Tuple[DetDat
     return result, cropped
 
 
+def attention_in_boxes(amap: Tensor, boxes: np.ndarray, ori_shape: Tuple[int, int]) -> Tuple[np.ndarray, float]:
+    """Attention inside each box and on the background of one map.
+
+    Args:
+        amap: (h, w) attention map in [0, 1] covering the whole image.
+        boxes: (N, 4) boxes (x1, y1, x2, y2) in original image pixels.
+        ori_shape: (H, W) of the original image, to map boxes onto the map.
+
+    Returns:
+        tuple: (N, 3) array of (value at the box centre, maximum, mean) over the
+        map cells the box touches (NaN where a box touches none), and the mean
+        over the cells no box touches (NaN if there are none).
+    """
+    m = amap.numpy() if isinstance(amap, Tensor) else np.asarray(amap)
+    h, w = m.shape
+    sy, sx = h / ori_shape[0], w / ori_shape[1]
+    background = np.ones((h, w), dtype=bool)
+    stats = np.full((len(boxes), 3), np.nan)
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, dtype=float).reshape(-1, 4)):
+        # Cells the box overlaps, at least one per side, clipped to the map.
+        c0, r0 = int(np.floor(x1 * sx)), int(np.floor(y1 * sy))
+        c1, r1 = max(int(np.ceil(x2 * sx)), c0 + 1), max(int(np.ceil(y2 * sy)), r0 + 1)
+        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, w), min(r1, h)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        background[r0:r1, c0:c1] = False
+        region = m[r0:r1, c0:c1]
+        cy = min(max(int((y1 + y2) / 2 * sy), 0), h - 1)
+        cx = min(max(int((x1 + x2) / 2 * sx), 0), w - 1)
+        stats[i] = (m[cy, cx], region.max(), region.mean())
+    return stats, float(m[background].mean()) if background.any() else float('nan')
+
+
+def attention_by_object_size(model, ann_file: str, img_dir: str,
+                             max_images: Optional[int] = None) -> List[dict]:
+    """Mean attention on ground-truth objects (by COCO size) and on the background, per block.
+
+    Shows what the gating does to each kind of region: a map near 0 on
+    small objects or on the context around them removes their features
+    from everything after that stage.
+
+    Args:
+        model: A detector from ``mmdet.apis.init_detector`` (eval mode).
+        ann_file: COCO-format annotation json.
+        img_dir: Folder the json's ``file_name`` entries are relative to.
+        max_images: Only the first images of the json, in its order.
+
+    Returns:
+        list[dict]: One row per (stride, region), region in ``small``, ``medium``,
+        ``large`` (COCO areas < 32², < 96², else) and ``background``, with
+        ``n`` (objects or images) and the means of ``centre``, ``max`` and
+        ``mean`` attention (equal for background).
+    """
+    import json
+    with open(ann_file) as f:
+        coco = json.load(f)
+    anns_by_image = {}
+    for ann in coco.get('annotations', []):
+        if not ann.get('iscrowd', 0):
+            anns_by_image.setdefault(ann['image_id'], []).append(ann)
+    collected = {}
+    for info in coco['images'][:max_images]:
+        anns = anns_by_image.get(info['id'], [])
+        boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (a['bbox'] for a in anns)]).reshape(-1, 4)
+        sizes = ['small' if a['area'] < 32**2 else 'medium' if a['area'] < 96**2 else 'large' for a in anns]
+        result, maps = predict_with_attention(model, os.path.join(img_dir, info['file_name']))
+        for stride, amap in maps:
+            stats, background = attention_in_boxes(amap, boxes, result.metainfo['ori_shape'][:2])
+            for size, row in zip(sizes, stats):
+                if not np.isnan(row).any():
+                    collected.setdefault((stride, size), []).append(row)
+            if not np.isnan(background):
+                collected.setdefault((stride, 'background'), []).append([background] * 3)
+    order = {'small': 0, 'medium': 1, 'large': 2, 'background': 3}
+    rows = []
+    for (stride, region), values in sorted(collected.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
+        centre, peak, mean = np.mean(values, axis=0)
+        rows.append(dict(stride=stride, region=region, n=len(values), centre=float(centre), max=float(peak),
+                         mean=float(mean)))
+    return rows
+
+
 def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: str, score_thr: float = 0.3,
                      class_names: Optional[Sequence[str]] = None, titles: Optional[Sequence[str]] = None) -> str:
     """One row per image: detections, then each attention map over the image.

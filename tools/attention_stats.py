@@ -1,0 +1,61 @@
+"""How strongly the trained attention maps gate objects of each size and the background.
+
+    python tools/attention_stats.py CONFIG CHECKPOINT [--data-root data/shapes] [--split val]
+                                    [--max-images N] [--device cpu] [--out stats.json]
+
+Runs the detector on a COCO-format split and prints, per attention block (stride 4, 8, 16), the mean
+sigmoid attention at the centre of the ground-truth boxes, their maximum and their mean, by COCO object
+size, and on the cells no box touches (the background, i.e. the context the global branch pools).
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def format_table(rows):
+    lines = ['| stride | region | n | centre | max | mean |', '|---|---|---|---|---|---|']
+    lines += [f'| {r["stride"]} | {r["region"]} | {r["n"]} | {r["centre"]:.3f} | {r["max"]:.3f} | {r["mean"]:.3f} |'
+              for r in rows]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--data-root', default='data/shapes',
+                        help='holds annotations/instances_<split>.json and <split>/ images')
+    parser.add_argument('--split', default='val')
+    parser.add_argument('--max-images', type=int, default=None)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--out', default=None, help='also write the rows as json')
+    args = parser.parse_args(argv)
+    ann_file = osp.join(args.data_root, 'annotations', f'instances_{args.split}.json')
+    missing = [p for p in (args.config, args.checkpoint, ann_file) if not osp.isfile(p)]
+    if missing:
+        sys.exit(f'error: not found: {", ".join(missing)} (generate the data with tools/generate_shapes.py '
+                 'or pass --data-root)')
+
+    from mmdet.apis import init_detector
+    from projects.acouplenet.safe_loading import assert_checkpoint_fits
+    from projects.acouplenet.visualization import attention_by_object_size
+    model = init_detector(args.config, args.checkpoint, device=args.device)
+    try:
+        assert_checkpoint_fits(model, args.checkpoint, args.config)
+    except ValueError as exc:
+        sys.exit(f'error: {exc}')
+    if not getattr(model.backbone, 'attention_blocks', None):
+        sys.exit(f'error: {args.config} has no attention blocks (attention_stages=()): nothing to measure')
+    rows = attention_by_object_size(model, ann_file, osp.join(args.data_root, args.split), args.max_images)
+    print(format_table(rows))
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
