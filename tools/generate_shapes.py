@@ -1,6 +1,6 @@
 """Generate the "shapes" detection dataset (COCO format, instance masks), deterministically for a seed.
 
-    python tools/generate_shapes.py data/shapes [--num-train 600] [--num-val 150] [--seed 0]
+    python tools/generate_shapes.py data/shapes [--num-train 1200] [--num-val 200] [--seed 0]
         [--image-size 256 256] [--max-objects 7] [--occlusion 0.45] [--truncation 0.3] ... [--overwrite]
 
 See projects/acouplenet/shapes.py for what the images hold.
