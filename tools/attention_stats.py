@@ -40,6 +40,7 @@ def main(argv=None):
                  'or pass --data-root)')
 
     from mmdet.apis import init_detector
+    from projects.acouplenet.fileio import atomic_write
     from projects.acouplenet.safe_loading import assert_checkpoint_fits
     from projects.acouplenet.visualization import attention_by_object_size
     model = init_detector(args.config, args.checkpoint, device=args.device)
@@ -52,8 +53,7 @@ def main(argv=None):
     rows = attention_by_object_size(model, ann_file, osp.join(args.data_root, args.split), args.max_images)
     print(format_table(rows))
     if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(rows, f, indent=2)
+        atomic_write(json.dumps(rows, indent=2), args.out)
     return rows
 
 

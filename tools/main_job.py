@@ -8,7 +8,6 @@ on its val split and write a report (markdown + json) and a picture of detection
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 import time
@@ -98,13 +97,8 @@ def peak_memory_mb() -> float:
 
 def write_report(work_dir: str, report: dict) -> None:
     """``report.json`` and ``report.md``, each written to a temporary file and renamed."""
-    def atomic(path, text):
-        tmp = path + '.tmp'
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-
-    atomic(osp.join(work_dir, 'report.json'), json.dumps(report, indent=2))
+    from projects.acouplenet.fileio import atomic_write
+    atomic_write(json.dumps(report, indent=2), osp.join(work_dir, 'report.json'))
     m = report['metrics']
     lines = [
         f'# {osp.splitext(osp.basename(report["config"]))[0]} on the generated shapes dataset', '',
@@ -119,7 +113,7 @@ def write_report(work_dir: str, report: dict) -> None:
         '| ' + ' | '.join(f'{100 * m[k]:.1f}' for k in METRIC_KEYS) + ' |', '',
         f'![detections and attention maps]({osp.basename(report["figure"])})', '',
     ]
-    atomic(osp.join(work_dir, 'report.md'), '\n'.join(lines))
+    atomic_write('\n'.join(lines), osp.join(work_dir, 'report.md'))
 
 
 def main(argv=None):
