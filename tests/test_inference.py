@@ -76,6 +76,15 @@ def test_demo_writes_the_figure(checkpoint, images, tmp_path):
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
     with pytest.raises(SystemExit, match='not found'):
         demo.main(['missing.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)])
+    # A checkpoint of another model is refused, not run with random weights as init_detector would.
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    state.pop('roi_head.bbox_head.fc_cls.weight')
+    torch.save(dict(state_dict=state), tmp_path / 'other.pth')
+    with pytest.raises(SystemExit, match=r'does not fit the model(.|\n)*missing from the checkpoint: '
+                                         r'roi_head\.bbox_head\.fc_cls\.weight'):
+        demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(tmp_path / 'other.pth'),
+                            '--out', str(tmp_path / 'other.png')])
+    assert not (tmp_path / 'other.png').exists()
 
 
 def test_attention_in_boxes_against_a_hand_drawn_map():

@@ -39,13 +39,11 @@ def main(argv=None):
         sys.exit(f'error: not found: {", ".join(missing)} (generate the data with tools/generate_shapes.py '
                  'or pass --data-root)')
 
-    from mmdet.apis import init_detector
     from projects.acouplenet.fileio import atomic_write
-    from projects.acouplenet.safe_loading import assert_checkpoint_fits
+    from projects.acouplenet.safe_loading import init_detector_strict
     from projects.acouplenet.visualization import attention_by_object_size
-    model = init_detector(args.config, args.checkpoint, device=args.device)
     try:
-        assert_checkpoint_fits(model, args.checkpoint, args.config)
+        model = init_detector_strict(args.config, args.checkpoint, device=args.device)
     except ValueError as exc:
         sys.exit(f'error: {exc}')
     if not getattr(model.backbone, 'attention_blocks', None):

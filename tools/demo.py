@@ -25,12 +25,10 @@ def main(argv=None):
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')
 
-    from mmdet.apis import init_detector
-    from projects.acouplenet.safe_loading import assert_checkpoint_fits
+    from projects.acouplenet.safe_loading import init_detector_strict
     from projects.acouplenet.visualization import attention_figure
-    model = init_detector(args.config, args.checkpoint, device=args.device)
     try:
-        assert_checkpoint_fits(model, args.checkpoint, args.config)
+        model = init_detector_strict(args.config, args.checkpoint, device=args.device)
         out = attention_figure(model, args.images, args.out, score_thr=args.score_thr)
     except ValueError as exc:
         sys.exit(f'error: {exc}')

@@ -94,3 +94,16 @@ def assert_checkpoint_fits(model: torch.nn.Module, checkpoint: str, config: str 
         lines.append('Use the config the checkpoint was trained with (its meta holds it), or a checkpoint of '
                      'this config.')
         raise ValueError('\n'.join(lines))
+
+
+def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> torch.nn.Module:
+    """``mmdet.apis.init_detector`` that refuses a checkpoint of another model.
+
+    ``init_detector`` only warns about missing or unexpected keys and keeps
+    the random weights; for inference and evaluation that is a silent wrong
+    result, so this raises :func:`assert_checkpoint_fits`' ``ValueError``.
+    """
+    from mmdet.apis import init_detector
+    model = init_detector(config, checkpoint, device=device)
+    assert_checkpoint_fits(model, checkpoint, config)
+    return model
