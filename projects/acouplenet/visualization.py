@@ -1,4 +1,5 @@
 """Detections and attention maps side by side (the paper's Fig. 5)."""
+import json
 import os
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -110,7 +111,6 @@ def attention_by_object_size(model, ann_file: str, img_dir: str,
         ``n`` (objects or images) and the means of ``centre``, ``max`` and
         ``mean`` attention (equal for background).
     """
-    import json
     with open(ann_file) as f:
         coco = json.load(f)
     anns_by_image = {}
