@@ -136,6 +136,22 @@ def test_targets_from_bitmap_masks():
     (s2, s4), _ = attention_targets([gt], (8, 8), [(4, 4), (2, 2)], threshold=0.5)
     np.testing.assert_array_equal(s2[0, 0].numpy(), FRACTION_S2 >= 0.5)
     np.testing.assert_array_equal(s4[0, 0].numpy(), [[1, 0], [0, 0]])
+    (s2, s4), _ = attention_targets([gt], (8, 8), [(4, 4), (2, 2)])  # default: any covered pixel
+    np.testing.assert_array_equal(s2[0, 0].numpy(), FRACTION_S2 > 0)
+    np.testing.assert_array_equal(s4[0, 0].numpy(), [[1, 1], [0, 1]])
+
+
+def test_small_objects_keep_a_foreground_cell_on_coarse_maps():
+    # A 3 x 3 object straddling four 4 x 4 cells covers at most 4/16 of any of them: a half-cell rule
+    # erases it from the stride-4 map, and the attention would learn to gate it away.
+    mask = np.zeros((1, 16, 16), np.uint8)
+    mask[0, 3:6, 3:6] = 1
+    gt = _instances([[3, 3, 6, 6]], BitmapMasks(mask, 16, 16))
+    (majority, ), _ = attention_targets([gt], (16, 16), [(4, 4)], threshold=0.5)
+    (default, ), _ = attention_targets([gt], (16, 16), [(4, 4)])
+    assert majority.sum() == 0
+    np.testing.assert_array_equal(default[0, 0, :2, :2].numpy(), np.ones((2, 2)))
+    assert default.sum() == 4
 
 
 def test_targets_from_polygon_masks_match_bitmaps():
