@@ -291,6 +291,21 @@ def test_gather_roi_align_equals_mmcv_roi_align_of_mmdet_configs():
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
 
 
+def test_torchvision_extractor_one_level_is_the_layer_and_scales_rois():
+    """One level: the RoI layer's own output (no zero-filled buffer), with roi_scale_factor applied."""
+    gen = torch.Generator().manual_seed(9)
+    feat = torch.randn(2, 4, 12, 20, generator=gen)
+    rois = _mixed_rois(40, gen)[20:].float()
+    extractor = TorchvisionRoIExtractor(roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
+                                        out_channels=4, featmap_strides=[16])
+    layer = extractor.roi_layers[0]
+    torch.testing.assert_close(extractor((feat, ), rois), layer(feat, rois), rtol=0, atol=0)
+    torch.testing.assert_close(extractor((feat, ), rois, roi_scale_factor=2.0),
+                               layer(feat, extractor.roi_rescale(rois, 2.0)), rtol=0, atol=0)
+    assert not torch.equal(extractor((feat, ), rois, roi_scale_factor=2.0), extractor((feat, ), rois))
+    assert extractor((feat, ), rois[:0]).shape == (0, 4, 7, 7)
+
+
 def test_torchvision_extractor_rejects_bad_layers():
     with pytest.raises(ValueError, match='not supported'):
         TorchvisionRoIExtractor(roi_layer=dict(type='RoIWarp', output_size=7), out_channels=3, featmap_strides=[16])

@@ -15,7 +15,8 @@
 * :func:`context_rois`: the global branch's context region, the proposal
   scaled about its centre and clipped to its image. mmdet's
   ``roi_scale_factor`` cannot be used for this: ``SingleRoIExtractor`` ignores
-  it when there is a single feature level (the C4 case) and never clips.
+  it when there is a single feature level (the C4 case), and no extractor
+  clips the scaled box.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -300,6 +301,21 @@ class TorchvisionRoIExtractor(SingleRoIExtractor):
                 raise ValueError(f'{name}: sampling_ratio={cfg["sampling_ratio"]!r} must be a '
                                  f'positive int (adaptive sampling gives NaN on zero-size RoIs)')
         return nn.ModuleList([self.layer_types[layer_type](spatial_scale=1. / s, **cfg) for s in featmap_strides])
+
+    def forward(self, feats: Sequence[Tensor], rois: Tensor, roi_scale_factor: Optional[float] = None) -> Tensor:
+        """Pool (n, 5) RoIs ``(batch_index, x1, y1, x2, y2)`` from one (N, C, H, W) map per level.
+
+        With one level (the C4 case) this is the RoI layer's output, (n, C, kh, kw): mmdet's
+        ``SingleRoIExtractor`` first allocates and zero-fills a tensor of that size which it then
+        discards (52 ms of R-101 CoupleNet's 1.9 s RoI head at 600 x 1000 on 2 CPU cores) and drops
+        ``roi_scale_factor``, which is applied here as with several levels.
+        """
+        if len(feats) != 1 or rois.size(0) == 0:
+            return super().forward(feats, rois, roi_scale_factor)
+        rois = rois.type_as(feats[0])
+        if roi_scale_factor is not None:
+            rois = self.roi_rescale(rois, roi_scale_factor)
+        return self.roi_layers[0](feats[0], rois)
 
 
 @MODELS.register_module()
