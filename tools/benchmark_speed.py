@@ -1,13 +1,17 @@
 """Inference speed of ACoupleNet, CoupleNet, R-FCN and mmdet's Faster R-CNN R-101-C4, side by side.
 
     python tools/benchmark_speed.py [--device cpu|cuda] [--shape 600 1000] [--warmup 2] [--runs 5]
-                                    [--models ...] [--threads N] [--out work_dirs/benchmark_speed]
+                                    [--rounds 1] [--models ...] [--threads N] [--out work_dirs/benchmark_speed]
 
 ResNet-101 models with random weights (speed does not depend on them) on one 600 x 1000 image, COCO's
 81 classes, the paper's test setting: top 300 proposals (Table VI); Faster R-CNN C4 also with mmdet's
 default 1000. Each model runs in its own process so that its peak memory (resident set on CPU, torch's
 allocator on GPU) is its own. Prints one table with latency, throughput, peak memory, FLOPs and
 parameters, and the ratios the README reports; writes benchmark.md / benchmark.json into --out.
+
+On a shared host whose speed drifts, a model timed in a slow minute looks slow: ``--rounds N`` times
+every model N times in turn (FLOPs counted once) and reports the median over all rounds' runs, with the
+latency ratio to R-FCN of each round, so that the drift is visible next to the result.
 """
 import argparse
 import json
@@ -34,7 +38,8 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--shape', type=int, nargs=2, default=(600, 1000), metavar=('HEIGHT', 'WIDTH'))
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--runs', type=int, default=5, help='timed runs per model and round')
+    parser.add_argument('--rounds', type=int, default=1, help='times every model in turn this many times')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
     parser.add_argument('--no-flops', action='store_true', help='skip FLOPs counting (slow on CPU)')
@@ -100,8 +105,7 @@ def worker(args) -> dict:
             latencies.append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith('cuda')
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result = dict(latency_s=sorted(latencies)[len(latencies) // 2], mean_latency_s=sum(latencies) / len(latencies),
-                  images_per_s=len(latencies) / sum(latencies), peak_memory_mb=peak,
+    result = dict(latencies_s=latencies, peak_memory_mb=peak,
                   params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=None)
     if not args.no_flops:
         from functools import partial
@@ -126,6 +130,17 @@ def table(rows, device) -> str:
     return '\n'.join(lines)
 
 
+def summarize(rounds: list) -> dict:
+    """One model's result from its rounds of worker results: median latency and throughput of all runs."""
+    latencies = sorted(t for r in rounds for t in r['latencies_s'])
+    result = dict(rounds[0])  # params and FLOPs (counted in the first round)
+    result.update(latencies_s=latencies, latency_s=latencies[len(latencies) // 2],
+                  mean_latency_s=sum(latencies) / len(latencies), images_per_s=len(latencies) / sum(latencies),
+                  round_latency_s=[sorted(r['latencies_s'])[len(r['latencies_s']) // 2] for r in rounds],
+                  peak_memory_mb=max(r['peak_memory_mb'] for r in rounds))
+    return result
+
+
 def ratios(results: dict) -> list:
     lines = []
     if 'acouplenet' in results:
@@ -135,8 +150,10 @@ def ratios(results: dict) -> list:
                 lines.append(f'ACoupleNet throughput / {MODELS[key][0]}: '
                              f'{a["images_per_s"] / results[key]["images_per_s"]:.2f}x (target >= 2.5x)')
         if 'rfcn' in results:
+            per_round = [x / y for x, y in zip(a['round_latency_s'], results['rfcn']['round_latency_s'])]
             lines.append(f'ACoupleNet latency / R-FCN latency: {a["latency_s"] / results["rfcn"]["latency_s"]:.2f}x '
-                         f'(target <= 1.3x)')
+                         f'(target <= 1.3x)' + (f'; by round: {", ".join(f"{r:.2f}x" for r in per_round)}'
+                                                if len(per_round) > 1 else ''))
         if 'couplenet' in results:
             lines.append(f'ACoupleNet latency / CoupleNet latency: '
                          f'{a["latency_s"] / results["couplenet"]["latency_s"]:.2f}x')
@@ -149,26 +166,31 @@ def main(argv=None):
     if args.worker:
         print('RESULT ' + json.dumps(worker(args)), flush=True)
         return
+    if args.rounds < 1 or args.runs < 1:
+        raise SystemExit(f'error: --rounds ({args.rounds}) and --runs ({args.runs}) must be at least 1')
     os.makedirs(args.out, exist_ok=True)
-    results = {}
-    for key in args.models:
-        cmd = [sys.executable, __file__, '--worker', key, '--device', args.device, '--shape', *map(str, args.shape),
-               '--warmup', str(args.warmup), '--runs', str(args.runs)]
-        if args.threads:
-            cmd += ['--threads', str(args.threads)]
-        if args.no_flops:
-            cmd.append('--no-flops')
-        print(f'[benchmark_speed] {MODELS[key][0]} ...', flush=True)
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
-        if out.returncode != 0 or not lines:
-            raise SystemExit(f'{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
-        results[key] = json.loads(lines[-1][len('RESULT '):])
+    rounds = {key: [] for key in args.models}
+    for round_index in range(args.rounds):
+        for key in args.models:
+            cmd = [sys.executable, __file__, '--worker', key, '--device', args.device, '--shape',
+                   *map(str, args.shape), '--warmup', str(args.warmup), '--runs', str(args.runs)]
+            if args.threads:
+                cmd += ['--threads', str(args.threads)]
+            if args.no_flops or round_index > 0:  # FLOPs do not change between rounds
+                cmd.append('--no-flops')
+            print(f'[benchmark_speed] round {round_index + 1}/{args.rounds}: {MODELS[key][0]} ...', flush=True)
+            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
+            if out.returncode != 0 or not lines:
+                raise SystemExit(f'{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
+            rounds[key].append(json.loads(lines[-1][len('RESULT '):]))
+    results = {key: summarize(r) for key, r in rounds.items()}
     import torch
     device = args.device if not args.device.startswith('cuda') else torch.cuda.get_device_name(0)
     threads = args.threads or torch.get_num_threads()
-    header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes; median of {args.runs} '
-              f'runs after {args.warmup} warm-up; {device}' + (f', {threads} threads' if args.device == 'cpu' else ''))
+    runs = f'median of {args.runs} runs' + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else '')
+    header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes; {runs} after '
+              f'{args.warmup} warm-up; {device}' + (f', {threads} threads' if args.device == 'cpu' else ''))
     text = '\n'.join([header, '', table(list(results.items()), args.device), '', *ratios(results)])
     with open(osp.join(args.out, f'benchmark_{args.device.split(":")[0]}.md'), 'w') as f:
         f.write(text + '\n')
