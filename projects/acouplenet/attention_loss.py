@@ -21,6 +21,9 @@ from mmdet.registry import MODELS
 from mmdet.structures.mask import BitmapMasks, PolygonMasks
 
 TARGET_SOURCES = ('mask', 'box')
+# Fraction of a map cell an object must cover to make it foreground (with at least one pixel): 0 marks
+# every cell an object touches. See AttentionLoss for why.
+DEFAULT_THRESHOLD = 0.0
 
 
 def box_foreground(bboxes: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -70,7 +73,7 @@ def _has_usable_masks(gt_instances: InstanceData) -> bool:
 
 def attention_targets(batch_gt_instances: Sequence[InstanceData], input_shape: Tuple[int, int],
                       map_sizes: Sequence[Tuple[int, int]], target_source: str = 'mask',
-                      threshold: Optional[float] = 0.0, device=None) -> Tuple[List[Tensor], List[int]]:
+                      threshold: Optional[float] = DEFAULT_THRESHOLD, device=None) -> Tuple[List[Tensor], List[int]]:
     """Foreground targets for each attention map.
 
     Args:
@@ -136,7 +139,7 @@ class AttentionLoss(nn.Module):
     """
 
     def __init__(self, loss_weight: float = 1.0, target_source: str = 'mask',
-                 threshold: Optional[float] = 0.0) -> None:
+                 threshold: Optional[float] = DEFAULT_THRESHOLD) -> None:
         super().__init__()
         if target_source not in TARGET_SOURCES:
             raise ValueError(f'AttentionLoss: target_source={target_source!r} is invalid; '
