@@ -130,13 +130,17 @@ def table(rows, device) -> str:
     return '\n'.join(lines)
 
 
+def _median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def summarize(rounds: list) -> dict:
     """One model's result from its rounds of worker results: median latency and throughput of all runs."""
     latencies = sorted(t for r in rounds for t in r['latencies_s'])
     result = dict(rounds[0])  # params and FLOPs (counted in the first round)
-    result.update(latencies_s=latencies, latency_s=latencies[len(latencies) // 2],
+    result.update(latencies_s=latencies, latency_s=_median(latencies),
                   mean_latency_s=sum(latencies) / len(latencies), images_per_s=len(latencies) / sum(latencies),
-                  round_latency_s=[sorted(r['latencies_s'])[len(r['latencies_s']) // 2] for r in rounds],
+                  round_latency_s=[_median(r['latencies_s']) for r in rounds],
                   peak_memory_mb=max(r['peak_memory_mb'] for r in rounds))
     return result
 
