@@ -112,9 +112,12 @@ class CoupledRoIHead(StandardRoIHead):
                 local_context_bins = self.ps_roi_extractor((maps['local'], ), ctx_rois)
         if head.with_global:
             if head.global_context:
-                # One pooling call for proposals and contexts (RangeMaxRoIPool builds its tables once).
+                # One pooling call for proposals and contexts (RangeMaxRoIPool builds its tables once),
+                # (2n, C, k, k) -> (n, 2C, k, k) in one copy, which is also the one that makes the
+                # CPU pool's channels-last output contiguous for the head's flatten.
                 pooled = self.bbox_roi_extractor((maps['global'], ), torch.cat([rois, ctx_rois]))
-                global_feats = torch.cat(pooled.split(rois.size(0)), dim=1)  # (n, 2C, k, k)
+                n, (channels, kh, kw) = rois.size(0), pooled.shape[1:]
+                global_feats = pooled.reshape(2, n, channels, kh, kw).transpose(0, 1).reshape(n, 2 * channels, kh, kw)
             else:
                 global_feats = self.bbox_roi_extractor((maps['global'], ), rois)
         cls_score, bbox_pred = head(local_bins, global_feats, local_context_bins)
