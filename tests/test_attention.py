@@ -15,9 +15,9 @@ RESNET = dict(type='ResNet', depth=18, num_stages=4, strides=(1, 2, 2, 1), dilat
               out_indices=(2, 3), frozen_stages=1, norm_eval=True)
 
 
-def _backbone(stages=(0, 1, 2), resnet=RESNET):
+def _backbone(stages=(0, 1, 2), resnet=RESNET, **kwargs):
     return MODELS.build(dict(type='AttentionBackbone', backbone=resnet, attention_stages=stages,
-                             attention_channels=8))
+                             attention_channels=8, **kwargs))
 
 
 def test_weights_layout_matches_wrapped_backbone():
@@ -35,8 +35,9 @@ def test_weights_layout_matches_wrapped_backbone():
     assert with_attention.attention_blocks['layer3'].conv1.in_channels == 256  # conv4 of ResNet-18
 
 
-def test_gating_multiplies_stage_output_before_next_stage():
-    backbone = _backbone(stages=(1, ))
+@pytest.mark.parametrize('gate', ['product', 'residual'])
+def test_gating_multiplies_stage_output_before_next_stage(gate):
+    backbone = _backbone(stages=(1, ), attention_gate=gate)
     backbone.init_weights()
     backbone.eval()
     x = torch.randn(2, 3, 64, 96)
@@ -45,7 +46,7 @@ def test_gating_multiplies_stage_output_before_next_stage():
         f = backbone.maxpool(backbone.relu(backbone.norm1(backbone.conv1(x))))
         f = backbone.layer2(backbone.layer1(f))
         logit = backbone.attention_blocks['layer2'](f)
-        f = f * torch.sigmoid(logit)
+        f = f * (torch.sigmoid(logit) + (1 if gate == 'residual' else 0))
         c4 = backbone.layer3(f)
         c5 = backbone.layer4(c4)
     assert len(logits) == 1 and logits[0].shape == (2, 1, 8, 12)
@@ -86,6 +87,12 @@ def test_bad_attention_stages(stages):
     with pytest.raises(ValueError, match=r'attention_stages=.*use distinct stage indices from 0 \(conv2\), '
                                          r'1 \(conv3\), 2 \(conv4\), 3 \(conv5\)'):
         _backbone(stages=stages)
+
+
+def test_bad_attention_gate():
+    with pytest.raises(ValueError, match=r"attention_gate='sum' is not supported; use one of "
+                                         r"\('product', 'residual'\)"):
+        _backbone(attention_gate='sum')
 
 
 def test_non_resnet_backbone_is_rejected():

@@ -23,6 +23,7 @@ from mmdet.registry import MODELS
 
 # mmdet names the stages layer1..layer4; the paper names them conv2..conv5.
 STAGE_NAMES = ('conv2', 'conv3', 'conv4', 'conv5')
+ATTENTION_GATES = ('product', 'residual')
 
 
 class AttentionBlock(BaseModule):
@@ -75,12 +76,20 @@ class AttentionMixin:
             2 = conv4 (stride 16 in R-FCN-style dilated backbones).
             ``()`` disables attention.
         attention_channels (int): Hidden channels of each attention block.
+        attention_gate (str): How a map A gates the stage output f:
+            'product' gives ``A * f`` (the paper's eq. 3); 'residual' gives
+            ``(1 + A) * f`` (Residual Attention Network, Wang et al., CVPR
+            2017), which amplifies the foreground without erasing the
+            background, an ablation of the gating in series.
         **kwargs: Arguments of the wrapped backbone class.
     """
 
     def __init__(self, *, attention_stages: Sequence[int] = (0, 1, 2), attention_channels: int = 64,
-                 **kwargs) -> None:
+                 attention_gate: str = 'product', **kwargs) -> None:
         super().__init__(**kwargs)
+        if attention_gate not in ATTENTION_GATES:
+            raise ValueError(f'attention_gate={attention_gate!r} is not supported; use one of {ATTENTION_GATES}')
+        self.attention_gate = attention_gate
         if not hasattr(self, 'res_layers'):
             raise ValueError(f'AttentionBackbone: {type(self).__mro__[2].__name__} is not a ResNet-family '
                              f'backbone (it has no `res_layers`); wrap ResNet, ResNetV1d, ResNeXt, ...')
@@ -128,7 +137,8 @@ class AttentionMixin:
             def hook(module: nn.Module, args, output: Tensor) -> Tensor:
                 logit = self.attention_blocks[name](output)
                 logits.append(logit)
-                return output * logit.sigmoid()
+                attention = logit.sigmoid()
+                return output * (attention + 1 if self.attention_gate == 'residual' else attention)
             return hook
 
         # Hooks on the stages let the wrapped class's own forward run unchanged
@@ -165,7 +175,7 @@ def attention_class(base: Type[nn.Module]) -> type:
 
 @MODELS.register_module()
 def AttentionBackbone(backbone: dict, attention_stages: Sequence[int] = (0, 1, 2),  # noqa: N802 (a registry type)
-                      attention_channels: int = 64) -> nn.Module:
+                      attention_channels: int = 64, attention_gate: str = 'product') -> nn.Module:
     """Build a ResNet-family backbone with cascade attention blocks.
 
     Args:
@@ -173,6 +183,8 @@ def AttentionBackbone(backbone: dict, attention_stages: Sequence[int] = (0, 1, 2
             ``dict(type='ResNet', depth=101, ...)``.
         attention_stages (Sequence[int]): See :class:`AttentionMixin`.
         attention_channels (int): Hidden channels of each attention block.
+        attention_gate (str): 'product' (``A * f``, the paper's) or
+            'residual' (``(1 + A) * f``); see :class:`AttentionMixin`.
 
     Returns:
         nn.Module: An instance of ``Attention<Type>``, a subclass of the
@@ -187,8 +199,8 @@ def AttentionBackbone(backbone: dict, attention_stages: Sequence[int] = (0, 1, 2
     if issubclass(base, AttentionMixin):
         raise ValueError('AttentionBackbone: the wrapped backbone already has attention; '
                          'wrap the plain backbone config instead')
-    return attention_class(base)(attention_stages=attention_stages,
-                                 attention_channels=attention_channels, **cfg)
+    return attention_class(base)(attention_stages=attention_stages, attention_channels=attention_channels,
+                                 attention_gate=attention_gate, **cfg)
 
 
 def attention_maps(backbone: nn.Module, images: Tensor) -> List[Tensor]:
