@@ -320,7 +320,7 @@ class TorchvisionRoIExtractor(SingleRoIExtractor):
         discards (52 ms of R-101 CoupleNet's 1.9 s RoI head at 600 x 1000 on 2 CPU cores) and drops
         ``roi_scale_factor``, which is applied here as with several levels.
         """
-        if len(feats) != 1 or rois.size(0) == 0:
+        if len(feats) != 1:
             return super().forward(feats, rois, roi_scale_factor)
         rois = rois.type_as(feats[0])
         if roi_scale_factor is not None:
@@ -386,10 +386,10 @@ class PSRoIExtractor(TorchvisionRoIExtractor):
         # x2 < x1 (a degenerate box) would sample the bins in reverse order.
         rois = rois.type_as(feats[0])
         rois = torch.cat([rois[:, :3], torch.maximum(rois[:, 3:5], rois[:, 1:3])], dim=1)
+        if len(feats) == 1:
+            return super().forward(feats, rois, roi_scale_factor)
         if roi_scale_factor is not None:
             rois = self.roi_rescale(rois, roi_scale_factor)
-        if len(feats) == 1:
-            return self.roi_layers[0](feats[0], rois)
         # Several levels: each RoI is pooled from the level SingleRoIExtractor maps it to.
         target_lvls = self.map_roi_levels(rois, len(feats))
         roi_feats = feats[0].new_zeros(rois.size(0), out_channels, kh, kw)
