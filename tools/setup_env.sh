@@ -49,14 +49,22 @@ log "installing build tools and torch $TORCH_VERSION / torchvision $TORCHVISION_
 "${PIP[@]}" install -q "${CONSTRAINTS[@]}" -r "$ROOT/requirements/build.txt"
 
 TORCH_TAG="$("$VENV/bin/python" -c 'import torch, sys, platform; print(f"torch-{torch.__version__}-cp{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}")')"
+# mmcv compiles its CUDA ops where torch sees a GPU (or FORCE_CUDA=1): such a wheel is cached apart.
+if [[ "${FORCE_CUDA:-0}" == 1 ]] || "$VENV/bin/python" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+  WITH_CUDA=1
+  TORCH_TAG="$TORCH_TAG-cuda"
+else
+  WITH_CUDA=0
+fi
 CACHE_DIR="${ACOUPLENET_WHEEL_CACHE:-$HOME/.cache/acouplenet/wheels}/$TORCH_TAG"
 
 mmcv_ops_ok() {
-  "$VENV/bin/python" - "$MMCV_VERSION" <<'EOF' >/dev/null 2>&1
+  "$VENV/bin/python" - "$MMCV_VERSION" "$WITH_CUDA" <<'EOF' >/dev/null 2>&1
 import sys
 import mmcv
-from mmcv.ops import nms, RoIPool  # noqa: F401  (fails if the compiled ops are missing)
-sys.exit(0 if mmcv.__version__ == sys.argv[1] else 1)
+from mmcv.ops import get_compiling_cuda_version, nms, RoIPool  # noqa: F401  (fails without compiled ops)
+cuda_ok = sys.argv[2] == '0' or get_compiling_cuda_version() != 'not available'
+sys.exit(0 if mmcv.__version__ == sys.argv[1] and cuda_ok else 1)
 EOF
 }
 
@@ -76,6 +84,12 @@ if ! mmcv_ops_ok; then
     aten_h="$("$VENV/bin/python" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "ATen.h"))')"
     if grep -q 'C++20' "$aten_h"; then
       sed -i "s/'-std=c++17'/'-std=c++20'/g" "$src/setup.py"
+    fi
+    # With CUDA (a GPU machine), torch's CUDA headers include cuSPARSE/cuBLAS/cuSOLVER headers that a
+    # toolkit of nvcc alone lacks ('cusparse.h: No such file'); torch's pip dependencies ship them.
+    if (( WITH_CUDA )); then
+      nvidia_include="$("$VENV/bin/python" -c 'import glob, os, torch; print(":".join(glob.glob(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia", "*", "include"))))')"
+      export CPATH="${nvidia_include}${CPATH:+:$CPATH}"
     fi
     # --no-build-isolation: mmcv's setup.py imports the torch installed above to compile against it.
     # --no-cache-dir: pip's cache is not keyed by torch version (see header).
