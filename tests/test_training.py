@@ -151,7 +151,9 @@ def test_dist_train_two_cpu_processes_stay_in_sync_and_evaluate(tmp_path, tiny_s
 custom_imports = dict(imports=['projects.acouplenet', 'tests.dist_helpers'], allow_failed_imports=False)
 custom_hooks = [dict(type='NonFiniteLossHook'), dict(type='RNGStateHook'), dict(type='SaveRankWeightsHook')]
 ''')
-    env = dict(os.environ, PYTHON=PYTHON, PORT=str(29500 + os.getpid() % 1000), OMP_NUM_THREADS='1')
+    # CPU processes over gloo also on a GPU machine (two NCCL ranks would need two GPUs).
+    env = dict(os.environ, PYTHON=PYTHON, PORT=str(29500 + os.getpid() % 1000), OMP_NUM_THREADS='1',
+               CUDA_VISIBLE_DEVICES='')
     work_dir = tmp_path / 'ddp'
     _run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir)], env=env)
     ranks = [torch.load(work_dir / f'rank{r}_weights.pth') for r in (0, 1)]

@@ -1,0 +1,115 @@
+"""The detector on a CUDA GPU: the CPU's numbers, a loss step, and AMP training (skipped without CUDA).
+
+On CUDA every RoI layer runs torchvision's kernels, while on the CPU the global branch runs the
+project's own pools (``RangeMaxRoIPool``, ``GatherRoIAlign``): matching outputs check both.
+"""
+import pytest
+import torch
+
+from .test_detector import _batch, _model
+from .test_training import _load_tool, _scalars, _tiny_config_file
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+# Two RoIs per image: inside, covering the image (its context is clipped), and one of a few pixels.
+ROIS = torch.tensor([[0, 10, 10, 60, 70], [0, 0, 0, 149, 119], [1, 60, 20, 120, 90], [1, 5, 5, 9, 8]],
+                    dtype=torch.float32)
+
+
+@pytest.fixture
+def exact_fp32():
+    """Full fp32 convolutions and matmuls on the GPU (no TF32), so that CPU and GPU agree to ~1e-5."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _assert_close(actual, expected, name):
+    scale = expected.abs().max().item() or 1.0
+    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f'{name}: {m}')
+
+
+def _outputs(model, device, inputs, samples):
+    """conv4/conv5 features, attention logits and both branches' coupled head outputs on ``ROIS``."""
+    with torch.no_grad():
+        feats, logits = model.extract_feat_and_attention(inputs.to(device))
+        _, roi_x = model._route(feats)
+        head = model.roi_head._bbox_forward(model.roi_head.head_inputs(roi_x, samples), ROIS.to(device))
+    names = ['conv4', 'conv5'] + [f'attention_{i}' for i in range(len(logits))] + ['cls_score', 'bbox_pred']
+    return dict(zip(names, (*feats, *logits, head['cls_score'], head['bbox_pred'])))
+
+
+@pytest.mark.parametrize('pooling', ['RoIPool', 'RoIAlign'])
+def test_features_attention_and_head_outputs_match_the_cpu(exact_fp32, pooling):
+    model = _model()
+    head_cfg = model.roi_head.bbox_roi_extractor
+    if pooling == 'RoIAlign':  # the CPU's GatherRoIAlign against torchvision's CUDA roi_align
+        from mmdet.registry import MODELS
+        model.roi_head.bbox_roi_extractor = MODELS.build(dict(
+            type='TorchvisionRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
+            out_channels=head_cfg.out_channels, featmap_strides=head_cfg.featmap_strides))
+    model.eval()
+    inputs, samples = _batch()
+    cpu = _outputs(model, 'cpu', inputs, samples)
+    gpu = _outputs(model.cuda(), 'cuda', inputs, samples)
+    assert len(cpu) == 2 + 3 + 2  # three attention maps
+    for name, expected in cpu.items():
+        assert gpu[name].is_cuda
+        _assert_close(gpu[name], expected, name)
+
+
+def test_predict_on_cuda_gives_boxes_inside_each_image():
+    model = _model().cuda().eval()
+    inputs, samples = _batch()
+    with torch.no_grad():
+        results = model.predict(inputs.cuda(), [s.to('cuda') for s in samples])
+    for result in results:
+        pred = result.pred_instances
+        h, w = result.ori_shape
+        assert pred.bboxes.is_cuda and torch.isfinite(pred.scores).all()
+        assert (pred.bboxes[:, 0::2] >= 0).all() and (pred.bboxes[:, 0::2] <= w).all()
+        assert (pred.bboxes[:, 1::2] >= 0).all() and (pred.bboxes[:, 1::2] <= h).all()
+
+
+def test_loss_step_on_cuda_matches_the_cpus_attention_losses_and_gradients(exact_fp32):
+    """The attention losses are deterministic (masks, frozen BN); the sampled RoI losses are only checked finite."""
+    model = _model().train()
+    inputs, samples = _batch()
+
+    def step(device):
+        model.zero_grad()
+        losses = model.loss(inputs.to(device), [s.to(device) for s in samples])
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+        return ({k: v.detach().cpu() for k, v in losses.items() if k.startswith('loss_att')},
+                {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0},
+                losses)
+
+    cpu_att, cpu_grads, _ = step('cpu')
+    model.cuda()
+    gpu_att, gpu_grads, gpu_losses = step('cuda')
+    assert set(cpu_att) == set(gpu_att) == {'loss_att_s4', 'loss_att_s8', 'loss_att_s16'}
+    for name in cpu_att:
+        _assert_close(gpu_att[name], cpu_att[name], name)
+    for name, value in gpu_losses.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        assert all(torch.isfinite(v).all() for v in values), name
+    assert gpu_grads == cpu_grads and any('attention' in n for n in gpu_grads)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+
+
+def test_train_with_amp_on_cuda(tmp_path, tiny_shapes):
+    """``tools/train.py --amp``: fp16 autocast and mmengine's grad scaler, then a COCO evaluation."""
+    config = _tiny_config_file(tmp_path, tiny_shapes, iters=4)
+    work_dir = tmp_path / 'amp'
+    _load_tool('train').main([str(config), '--amp', '--work-dir', str(work_dir)])
+    scalars = _scalars(work_dir)
+    train = [s for s in scalars if 'loss' in s]
+    assert len(train) == 4 and all(torch.isfinite(torch.tensor(s['loss'])) for s in train)
+    assert any('coco/bbox_mAP' in s for s in scalars)
+    # AmpOptimWrapper's dynamic loss scale is saved, and loads under the project's safe (weights-only) loading.
+    checkpoint = torch.load(work_dir / 'iter_4.pth', map_location='cpu', weights_only=True)
+    assert checkpoint['optimizer']['loss_scaler']['scale'] > 0
