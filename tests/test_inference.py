@@ -120,3 +120,25 @@ def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
             assert 0 <= r['mean'] <= r['max'] <= 1 and 0 <= r['centre'] <= r['max']
     with pytest.raises(SystemExit, match='not found'):
         tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tmp_path)])
+
+
+def test_speed_benchmark_post_processes_alike_and_prints_both_latencies(tmp_path):
+    """tools/benchmark_speed.py at a tiny input: one table, both latencies, one R-CNN test setting for all."""
+    spec = importlib.util.spec_from_file_location('benchmark_speed', REPO / 'tools' / 'benchmark_speed.py')
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    paper_rcnn = Config.fromfile(str(REPO / bench.MODELS['acouplenet'][1])).model.test_cfg.rcnn
+    # mmdet's C4 default post-processes differently (score_thr 0.05, NMS 0.5): the benchmark overrides it.
+    assert Config.fromfile(str(REPO / bench.MODELS['faster-rcnn-300'][1])).model.test_cfg.rcnn != paper_rcnn
+    model = bench.build('faster-rcnn-300', 'cpu')[0]
+    assert model.roi_head.test_cfg == paper_rcnn and model.test_cfg.rpn.max_per_img == 300
+
+    bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
+                '--warmup', '0', '--no-flops', '--out', str(tmp_path)])
+    results = json.loads((tmp_path / 'benchmark_cpu.json').read_text())
+    for r in results.values():
+        assert len(r['latencies_s']) == len(r['network_s']) == 2 and r['network_latency_s'] > 0
+    text = (tmp_path / 'benchmark_cpu.md').read_text()
+    assert f'score threshold {paper_rcnn.score_thr} and NMS {paper_rcnn.nms.iou_threshold} for all' in text
+    assert '| ACoupleNet R-101 |' in text and '| Faster R-CNN R-101-C4, 300 proposals |' in text
+    assert 'end to end' in text and 'network (target >= 2.5x)' in text
