@@ -43,12 +43,12 @@ def _outputs(model, device, inputs, samples):
 @pytest.mark.parametrize('pooling', ['RoIPool', 'RoIAlign'])
 def test_features_attention_and_head_outputs_match_the_cpu(exact_fp32, pooling):
     model = _model()
-    head_cfg = model.roi_head.bbox_roi_extractor
+    extractor = model.roi_head.bbox_roi_extractor
     if pooling == 'RoIAlign':  # the CPU's GatherRoIAlign against torchvision's CUDA roi_align
         from mmdet.registry import MODELS
         model.roi_head.bbox_roi_extractor = MODELS.build(dict(
             type='TorchvisionRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
-            out_channels=head_cfg.out_channels, featmap_strides=head_cfg.featmap_strides))
+            out_channels=extractor.out_channels, featmap_strides=extractor.featmap_strides))
     model.eval()
     inputs, samples = _batch()
     cpu = _outputs(model, 'cpu', inputs, samples)

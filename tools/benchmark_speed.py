@@ -56,6 +56,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def paper_rcnn_test_cfg():
+    """The R-CNN test settings of the paper configs (ACoupleNet's), which every benchmarked model uses."""
+    from mmengine.config import Config
+    return Config.fromfile(osp.join(REPO, MODELS['acouplenet'][1])).model.test_cfg.rcnn
+
+
 def build(key: str, device: str):
     """The model of ``key`` with random weights, in eval mode, and a batch of one image."""
     import torch
@@ -71,7 +77,7 @@ def build(key: str, device: str):
     cfg.model.roi_head.bbox_head.num_classes = 80
     cfg.model.test_cfg.rpn.max_per_img = proposals
     # One post-processing for all models (the paper configs'): see the module docstring.
-    cfg.model.test_cfg.rcnn = Config.fromfile(osp.join(REPO, MODELS['acouplenet'][1])).model.test_cfg.rcnn
+    cfg.model.test_cfg.rcnn = paper_rcnn_test_cfg()
     # The wrapped ResNet (inside AttentionBackbone) or the plain one holds the pretrained init_cfg.
     backbone = cfg.model.backbone.get('backbone', cfg.model.backbone)
     for part in (backbone, cfg.model.roi_head.get('shared_head', {})):
@@ -220,8 +226,7 @@ def main(argv=None):
     device = args.device if not args.device.startswith('cuda') else torch.cuda.get_device_name(0)
     threads = args.threads or torch.get_num_threads()
     runs = f'median of {args.runs} runs' + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else '')
-    from mmengine.config import Config
-    rcnn = Config.fromfile(osp.join(REPO, MODELS['acouplenet'][1])).model.test_cfg.rcnn
+    rcnn = paper_rcnn_test_cfg()
     header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes, R-CNN score threshold '
               f'{rcnn.score_thr} and NMS {rcnn.nms.iou_threshold} for all; {runs} after {args.warmup} warm-up; {device}'
               + (f', {threads} threads' if args.device == 'cpu' else ''))
