@@ -134,11 +134,15 @@ def test_speed_benchmark_post_processes_alike_and_prints_both_latencies(tmp_path
     assert model.roi_head.test_cfg == paper_rcnn and model.test_cfg.rpn.max_per_img == 300
 
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
-                '--warmup', '0', '--no-flops', '--out', str(tmp_path)])
+                '--warmup', '0', '--no-flops', '--profile', '--out', str(tmp_path)])
     results = json.loads((tmp_path / 'benchmark_cpu.json').read_text())
     for r in results.values():
-        assert len(r['latencies_s']) == len(r['network_s']) == 2 and r['network_latency_s'] > 0
+        assert len(r['latencies_s']) == len(r['network_s']) == len(r['backbone_s']) == 2
+        assert 0 < r['backbone_latency_s'] and 0 < r['network_latency_s'] and 'profile' not in r
+    profiles = (tmp_path / 'profile_cpu.txt').read_text()
+    # One operator table per model; both run ResNet-101's convolutions.
+    assert profiles.count('one _forward') == 2 and profiles.count('aten::conv') >= 2
     text = (tmp_path / 'benchmark_cpu.md').read_text()
     assert f'score threshold {paper_rcnn.score_thr} and NMS {paper_rcnn.nms.iou_threshold} for all' in text
     assert '| ACoupleNet R-101 |' in text and '| Faster R-CNN R-101-C4, 300 proposals |' in text
-    assert 'end to end' in text and 'network (target >= 2.5x)' in text
+    assert 'end to end' in text and 'network (target >= 2.5x)' in text and '| backbone (s) |' in text

@@ -1,7 +1,8 @@
 """Inference speed of ACoupleNet, CoupleNet, R-FCN and mmdet's Faster R-CNN R-101-C4, side by side.
 
     python tools/benchmark_speed.py [--device cpu|cuda] [--shape 600 1000] [--warmup 2] [--runs 5]
-                                    [--rounds 1] [--models ...] [--threads N] [--out work_dirs/benchmark_speed]
+                                    [--rounds 1] [--models ...] [--threads N] [--no-flops] [--profile]
+                                    [--out work_dirs/benchmark_speed]
 
 ResNet-101 models with random weights on one 600 x 1000 image, COCO's 81 classes, the paper's test
 setting: top 300 proposals (Table VI); Faster R-CNN C4 also with mmdet's default 1000. Every model
@@ -11,15 +12,18 @@ detections; mmdet's C4 default is 0.05 / 0.5). Each model runs in its own proces
 peak memory, FLOPs and parameters, and the ratios the README reports; writes benchmark.md /
 benchmark.json into --out.
 
-Two latencies per model: ``predict`` (end to end, what a user waits for) and the network alone
+Three latencies per model: ``predict`` (end to end, what a user waits for), the network alone
 (``_forward``: backbone, RPN with its proposal NMS, RoI head scores and deltas, without the per-class NMS
-of the detections). Speed does not depend on the weights except in that last NMS: how many of the
+of the detections) and the backbone alone (``extract_feat``, with the attention blocks where there are). Speed does not depend on the weights except in that last NMS: how many of the
 300 x 80 class boxes clear the score threshold is arbitrary with random weights (mmcv's ``batched_nms``
 loops over the classes above 10k boxes), so the network latency is the like-for-like comparison.
 
 On a shared host whose speed drifts, a model timed in a slow minute looks slow: ``--rounds N`` times
 every model N times in turn (FLOPs counted once) and reports the median over all rounds' runs, with the
 latency ratio to R-FCN of each round, so that the drift is visible next to the result.
+
+``--profile`` adds where the time goes: ``torch.profiler`` over one ``_forward`` per model (first round),
+the top operators by self time on the device (CUDA kernels on a GPU), written to profile_<device>.txt.
 """
 import argparse
 import json
@@ -51,6 +55,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
     parser.add_argument('--no-flops', action='store_true', help='skip FLOPs counting (slow on CPU)')
+    parser.add_argument('--profile', action='store_true',
+                        help='also write the top operators of one _forward per model to profile_<device>.txt')
     parser.add_argument('--out', default='work_dirs/benchmark_speed')
     parser.add_argument('--worker', choices=list(MODELS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -120,14 +126,17 @@ def worker(args) -> dict:
         sync()
         if args.device.startswith('cuda'):
             torch.cuda.reset_peak_memory_stats()
-        latencies, network = [], []
-        for _ in range(args.runs):  # interleaved, so that both see the same machine state
+        latencies, network, backbone = [], [], []
+        for _ in range(args.runs):  # interleaved, so that all three see the same machine state
             latencies.append(timed(model.predict))
             network.append(timed(model._forward))
+            backbone.append(timed(lambda inputs, _: model.extract_feat(inputs)))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith('cuda')
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    result = dict(latencies_s=latencies, network_s=network, peak_memory_mb=peak,
+    result = dict(latencies_s=latencies, network_s=network, backbone_s=backbone, peak_memory_mb=peak,
                   params_m=sum(p.numel() for p in model.parameters()) / 1e6, gflops=None)
+    if args.profile:
+        result['profile'] = profile(model, images, sample, args.device)
     if not args.no_flops:
         from functools import partial
 
@@ -141,13 +150,29 @@ def worker(args) -> dict:
     return result
 
 
+def profile(model, images, sample, device: str, rows: int = 25) -> str:
+    """The top operators of one ``_forward`` by self time on ``device``, as torch.profiler's table."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    on_gpu = device.startswith('cuda')
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with torch.inference_mode(), torch_profile(activities=activities) as prof:
+        model._forward(images, [sample()])
+        if on_gpu:
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by='self_cuda_time_total' if on_gpu else 'self_cpu_time_total',
+                                     row_limit=rows, max_name_column_width=70)
+
+
 def table(rows, device) -> str:
-    lines = [f'| Model ({device}) | latency (s) | images/s | network (s) | peak memory (MB) | GFLOPs | params (M) |',
-             '|---|---|---|---|---|---|---|']
+    lines = [f'| Model ({device}) | latency (s) | images/s | network (s) | backbone (s) | peak memory (MB) | GFLOPs '
+             f'| params (M) |', '|---|---|---|---|---|---|---|---|']
     for key, r in rows:
         gflops = f'{r["gflops"]:.0f}' if r.get('gflops') else '-'
         lines.append(f'| {MODELS[key][0]} | {r["latency_s"]:.4f} | {r["images_per_s"]:.2f} | '
-                     f'{r["network_latency_s"]:.4f} | {r["peak_memory_mb"]:.0f} | {gflops} | {r["params_m"]:.1f} |')
+                     f'{r["network_latency_s"]:.4f} | {r["backbone_latency_s"]:.4f} | {r["peak_memory_mb"]:.0f} | {gflops} | '
+                     f'{r["params_m"]:.1f} |')
     return '\n'.join(lines)
 
 
@@ -165,6 +190,8 @@ def summarize(rounds: list) -> dict:
                   round_latency_s=[_median(r['latencies_s']) for r in rounds],
                   network_s=network, network_latency_s=_median(network),
                   round_network_latency_s=[_median(r['network_s']) for r in rounds],
+                  backbone_s=sorted(t for r in rounds for t in r['backbone_s']),
+                  backbone_latency_s=_median([t for r in rounds for t in r['backbone_s']]),
                   peak_memory_mb=max(r['peak_memory_mb'] for r in rounds))
     return result
 
@@ -215,6 +242,8 @@ def main(argv=None):
                 cmd += ['--threads', str(args.threads)]
             if args.no_flops or round_index > 0:  # FLOPs do not change between rounds
                 cmd.append('--no-flops')
+            if args.profile and round_index == 0:
+                cmd.append('--profile')
             print(f'[benchmark_speed] round {round_index + 1}/{args.rounds}: {MODELS[key][0]} ...', flush=True)
             out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
             lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
@@ -222,6 +251,7 @@ def main(argv=None):
                 raise SystemExit(f'{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
             rounds[key].append(json.loads(lines[-1][len('RESULT '):]))
     results = {key: summarize(r) for key, r in rounds.items()}
+    profiles = {key: r.pop('profile') for key, r in results.items() if 'profile' in r}
     import torch
     device = args.device if not args.device.startswith('cuda') else torch.cuda.get_device_name(0)
     threads = args.threads or torch.get_num_threads()
@@ -235,6 +265,11 @@ def main(argv=None):
         f.write(text + '\n')
     with open(osp.join(args.out, f'benchmark_{args.device.split(":")[0]}.json'), 'w') as f:
         json.dump(results, f, indent=2)
+    if profiles:
+        with open(osp.join(args.out, f'profile_{args.device.split(":")[0]}.txt'), 'w') as f:
+            f.write(header + '\n')
+            for key, text in profiles.items():
+                f.write(f'\n== {MODELS[key][0]}: one _forward\n{text}\n')
     print(text)
 
 
