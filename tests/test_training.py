@@ -68,11 +68,14 @@ def test_main_job_end_to_end(tmp_path, tiny_shapes):
         assert (work_dir / name).is_file(), name
     saved = json.loads((work_dir / 'report.json').read_text())
     assert saved['iterations'] == 4 and saved['dataset']['val_images'] == 4
+    # The existing dataset (generated with seed 1) is reused; --seed (default 0) seeds the training.
+    assert saved['dataset']['seed'] == 1 and saved['seed'] == 0
     assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                                      'bbox_mAP_l'}
     assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
     assert saved['train_seconds'] > 0 and saved['peak_memory_mb'] > 0
     assert '| AP | AP50 |' in (work_dir / 'report.md').read_text()
+    assert 'generated with seed 1' in (work_dir / 'report.md').read_text()
     assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
     assert report['metrics'] == saved['metrics']
 

@@ -29,7 +29,9 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
     parser.add_argument('--num-train', type=int, help='train images to generate (default: the generator\'s)')
     parser.add_argument('--num-val', type=int, help='val images to generate (default: the generator\'s)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the generated dataset and of training')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of training, and of the dataset when one is generated (a complete dataset '
+                        'at --data-root is reused whatever its seed; add --regenerate for one of this seed)')
     parser.add_argument('--regenerate', action='store_true',
                         help='generate the dataset again even if a complete one is there')
     parser.add_argument('--figure-images', type=int, default=4, help='val images in the picture')
@@ -104,7 +106,8 @@ def write_report(work_dir: str, report: dict) -> None:
         f'# {osp.splitext(osp.basename(report["config"]))[0]} on the generated shapes dataset', '',
         f'- config: `{report["config"]}`',
         f'- data: {report["dataset"]["train_images"]} train / {report["dataset"]["val_images"]} val images '
-        f'({report["dataset"]["val_objects"]} val objects), `{report["dataset"]["root"]}`',
+        f'({report["dataset"]["val_objects"]} val objects, generated with seed {report["dataset"]["seed"]}), '
+        f'`{report["dataset"]["root"]}`',
         f'- training: {report["iterations"]} iterations of {report["batch_size"]} images in '
         f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter), seed {report["seed"]}',
         f'- evaluation: {report["eval_seconds"]:.0f} s; peak memory {report["peak_memory_mb"]:.0f} MB; '
@@ -151,7 +154,7 @@ def main(argv=None):
         config=args.config,
         dataset=dict(root=osp.abspath(args.data_root), train_images=manifest['splits']['train']['images'],
                      val_images=manifest['splits']['val']['images'],
-                     val_objects=manifest['splits']['val']['annotations']),
+                     val_objects=manifest['splits']['val']['annotations'], seed=manifest['config']['seed']),
         metrics={k: float(metrics[f'coco/{k}']) for k in METRIC_KEYS},
         iterations=cfg.train_cfg.max_iters,
         batch_size=cfg.train_dataloader.batch_size,
