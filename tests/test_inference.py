@@ -122,8 +122,8 @@ def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
         tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tmp_path)])
 
 
-def test_speed_benchmark_post_processes_alike_and_prints_both_latencies(tmp_path):
-    """tools/benchmark_speed.py at a tiny input: one table, both latencies, one R-CNN test setting for all."""
+def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp_path):
+    """tools/benchmark_speed.py at a tiny input: one table, three latencies, one R-CNN test setting for all."""
     spec = importlib.util.spec_from_file_location('benchmark_speed', REPO / 'tools' / 'benchmark_speed.py')
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -14,9 +14,10 @@ benchmark.json into --out.
 
 Three latencies per model: ``predict`` (end to end, what a user waits for), the network alone
 (``_forward``: backbone, RPN with its proposal NMS, RoI head scores and deltas, without the per-class NMS
-of the detections) and the backbone alone (``extract_feat``, with the attention blocks where there are). Speed does not depend on the weights except in that last NMS: how many of the
-300 x 80 class boxes clear the score threshold is arbitrary with random weights (mmcv's ``batched_nms``
-loops over the classes above 10k boxes), so the network latency is the like-for-like comparison.
+of the detections) and the backbone alone (``extract_feat``, with the attention blocks where there are).
+Speed does not depend on the weights except in that last NMS: how many of the 300 x 80 class boxes clear
+the score threshold is arbitrary with random weights (mmcv's ``batched_nms`` loops over the classes above
+10k boxes), so the network latency is the like-for-like comparison.
 
 On a shared host whose speed drifts, a model timed in a slow minute looks slow: ``--rounds N`` times
 every model N times in turn (FLOPs counted once) and reports the median over all rounds' runs, with the
@@ -171,8 +172,8 @@ def table(rows, device) -> str:
     for key, r in rows:
         gflops = f'{r["gflops"]:.0f}' if r.get('gflops') else '-'
         lines.append(f'| {MODELS[key][0]} | {r["latency_s"]:.4f} | {r["images_per_s"]:.2f} | '
-                     f'{r["network_latency_s"]:.4f} | {r["backbone_latency_s"]:.4f} | {r["peak_memory_mb"]:.0f} | {gflops} | '
-                     f'{r["params_m"]:.1f} |')
+                     f'{r["network_latency_s"]:.4f} | {r["backbone_latency_s"]:.4f} | '
+                     f'{r["peak_memory_mb"]:.0f} | {gflops} | {r["params_m"]:.1f} |')
     return '\n'.join(lines)
 
 
@@ -182,16 +183,17 @@ def _median(values: list) -> float:
 
 def summarize(rounds: list) -> dict:
     """One model's result from its rounds of worker results: median latency and throughput of all runs."""
-    latencies = sorted(t for r in rounds for t in r['latencies_s'])
-    network = sorted(t for r in rounds for t in r['network_s'])
+    def pooled(key: str) -> list:
+        return sorted(t for r in rounds for t in r[key])
+
+    latencies, network, backbone = pooled('latencies_s'), pooled('network_s'), pooled('backbone_s')
     result = dict(rounds[0])  # params and FLOPs (counted in the first round)
     result.update(latencies_s=latencies, latency_s=_median(latencies),
                   mean_latency_s=sum(latencies) / len(latencies), images_per_s=len(latencies) / sum(latencies),
                   round_latency_s=[_median(r['latencies_s']) for r in rounds],
                   network_s=network, network_latency_s=_median(network),
                   round_network_latency_s=[_median(r['network_s']) for r in rounds],
-                  backbone_s=sorted(t for r in rounds for t in r['backbone_s']),
-                  backbone_latency_s=_median([t for r in rounds for t in r['backbone_s']]),
+                  backbone_s=backbone, backbone_latency_s=_median(backbone),
                   peak_memory_mb=max(r['peak_memory_mb'] for r in rounds))
     return result
 
@@ -261,12 +263,13 @@ def main(argv=None):
               f'{rcnn.score_thr} and NMS {rcnn.nms.iou_threshold} for all; {runs} after {args.warmup} warm-up; {device}'
               + (f', {threads} threads' if args.device == 'cpu' else ''))
     text = '\n'.join([header, '', table(list(results.items()), args.device), '', *ratios(results)])
-    with open(osp.join(args.out, f'benchmark_{args.device.split(":")[0]}.md'), 'w') as f:
+    device_type = args.device.split(':')[0]  # file names: cuda:1 -> cuda
+    with open(osp.join(args.out, f'benchmark_{device_type}.md'), 'w') as f:
         f.write(text + '\n')
-    with open(osp.join(args.out, f'benchmark_{args.device.split(":")[0]}.json'), 'w') as f:
+    with open(osp.join(args.out, f'benchmark_{device_type}.json'), 'w') as f:
         json.dump(results, f, indent=2)
     if profiles:
-        with open(osp.join(args.out, f'profile_{args.device.split(":")[0]}.txt'), 'w') as f:
+        with open(osp.join(args.out, f'profile_{device_type}.txt'), 'w') as f:
             f.write(header + '\n')
             for key, text in profiles.items():
                 f.write(f'\n== {MODELS[key][0]}: one _forward\n{text}\n')
