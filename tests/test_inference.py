@@ -146,3 +146,5 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert f'score threshold {paper_rcnn.score_thr} and NMS {paper_rcnn.nms.iou_threshold} for all' in text
     assert '| ACoupleNet R-101 |' in text and '| Faster R-CNN R-101-C4, 300 proposals |' in text
     assert 'end to end' in text and 'network (target >= 2.5x)' in text and '| backbone (s) |' in text
+    with pytest.raises(SystemExit, match='--tf32 is a CUDA precision setting.*drop --tf32 or run with --device cuda'):
+        bench.main(['--device', 'cpu', '--tf32', '--out', str(tmp_path)])

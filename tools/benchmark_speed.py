@@ -2,7 +2,7 @@
 
     python tools/benchmark_speed.py [--device cpu|cuda] [--shape 600 1000] [--warmup 2] [--runs 5]
                                     [--rounds 1] [--models ...] [--threads N] [--no-flops] [--profile]
-                                    [--out work_dirs/benchmark_speed]
+                                    [--tf32] [--out work_dirs/benchmark_speed]
 
 ResNet-101 models with random weights on one 600 x 1000 image, COCO's 81 classes, the paper's test
 setting: top 300 proposals (Table VI); Faster R-CNN C4 also with mmdet's default 1000. Every model
@@ -25,6 +25,10 @@ latency ratio to R-FCN of each round, so that the drift is visible next to the r
 
 ``--profile`` adds where the time goes: ``torch.profiler`` over one ``_forward`` per model (first round),
 the top operators by self time on the device (CUDA kernels on a GPU), written to profile_<device>.txt.
+
+``--tf32`` (CUDA only) times every model with TF32 matrix products
+(``torch.backends.cuda.matmul.allow_tf32``), a switch PyTorch leaves off and a user sets before inference;
+cuDNN's convolutions use TF32 either way (PyTorch's default). Its files are named ``*_cuda_tf32.*``.
 """
 import argparse
 import json
@@ -58,6 +62,8 @@ def parse_args(argv=None):
     parser.add_argument('--no-flops', action='store_true', help='skip FLOPs counting (slow on CPU)')
     parser.add_argument('--profile', action='store_true',
                         help='also write the top operators of one _forward per model to profile_<device>.txt')
+    parser.add_argument('--tf32', action='store_true',
+                        help='CUDA only: allow TF32 matrix products (torch.backends.cuda.matmul.allow_tf32)')
     parser.add_argument('--out', default='work_dirs/benchmark_speed')
     parser.add_argument('--worker', choices=list(MODELS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -98,6 +104,9 @@ def build(key: str, device: str):
 def worker(args) -> dict:
     import resource
     model, torch, DetDataSample = build(args.worker, args.device)
+    # Set in the worker, where the model runs; the default (off) is left as it is otherwise.
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     if args.threads:
         torch.set_num_threads(args.threads)
     h, w = args.shape
@@ -234,6 +243,9 @@ def main(argv=None):
         return
     if args.rounds < 1 or args.runs < 1:
         raise SystemExit(f'error: --rounds ({args.rounds}) and --runs ({args.runs}) must be at least 1')
+    if args.tf32 and not args.device.startswith('cuda'):
+        raise SystemExit(f'error: --tf32 is a CUDA precision setting and does nothing on --device {args.device}; '
+                         'drop --tf32 or run with --device cuda')
     os.makedirs(args.out, exist_ok=True)
     rounds = {key: [] for key in args.models}
     for round_index in range(args.rounds):
@@ -242,6 +254,8 @@ def main(argv=None):
                    *map(str, args.shape), '--warmup', str(args.warmup), '--runs', str(args.runs)]
             if args.threads:
                 cmd += ['--threads', str(args.threads)]
+            if args.tf32:
+                cmd.append('--tf32')
             if args.no_flops or round_index > 0:  # FLOPs do not change between rounds
                 cmd.append('--no-flops')
             if args.profile and round_index == 0:
@@ -261,15 +275,16 @@ def main(argv=None):
     rcnn = paper_rcnn_test_cfg()
     header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes, R-CNN score threshold '
               f'{rcnn.score_thr} and NMS {rcnn.nms.iou_threshold} for all; {runs} after {args.warmup} warm-up; {device}'
-              + (f', {threads} threads' if args.device == 'cpu' else ''))
+              + (f', {threads} threads' if args.device == 'cpu' else '')
+              + (', TF32 matrix products' if args.tf32 else ''))
     text = '\n'.join([header, '', table(list(results.items()), args.device), '', *ratios(results)])
-    device_type = args.device.split(':')[0]  # file names: cuda:1 -> cuda
-    with open(osp.join(args.out, f'benchmark_{device_type}.md'), 'w') as f:
+    file_tag = args.device.split(':')[0] + ('_tf32' if args.tf32 else '')  # cuda:1 -> cuda, cuda_tf32
+    with open(osp.join(args.out, f'benchmark_{file_tag}.md'), 'w') as f:
         f.write(text + '\n')
-    with open(osp.join(args.out, f'benchmark_{device_type}.json'), 'w') as f:
+    with open(osp.join(args.out, f'benchmark_{file_tag}.json'), 'w') as f:
         json.dump(results, f, indent=2)
     if profiles:
-        with open(osp.join(args.out, f'profile_{device_type}.txt'), 'w') as f:
+        with open(osp.join(args.out, f'profile_{file_tag}.txt'), 'w') as f:
             f.write(header + '\n')
             for key, text in profiles.items():
                 f.write(f'\n== {MODELS[key][0]}: one _forward\n{text}\n')
