@@ -63,21 +63,58 @@ def test_main_job_end_to_end(tmp_path, tiny_shapes):
     main_job = _load_tool('main_job')
     work_dir = tmp_path / 'main_job'
     report = main_job.main(['--work-dir', str(work_dir), '--data-root', str(tiny_shapes), '--iters', '4',
-                            '--figure-images', '2'])
+                            '--figure-images', '2', '--cfg-options', 'model.loss_attention.loss_weight=0.5'])
     for name in ('report.md', 'report.json', 'detections_and_attention.png', 'iter_4.pth'):
         assert (work_dir / name).is_file(), name
     saved = json.loads((work_dir / 'report.json').read_text())
     assert saved['iterations'] == 4 and saved['dataset']['val_images'] == 4
     # The existing dataset (generated with seed 1) is reused; --seed (default 0) seeds the training.
     assert saved['dataset']['seed'] == 1 and saved['seed'] == 0
+    # What the run was: its overrides and where it trained, so that runs are compared like with like.
+    assert saved['cfg_options'] == {'model.loss_attention.loss_weight': 0.5} and saved['device'] == 'cpu'
     assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                                      'bbox_mAP_l'}
     assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
     assert saved['train_seconds'] > 0 and saved['peak_memory_mb'] > 0
     assert '| AP | AP50 |' in (work_dir / 'report.md').read_text()
     assert 'generated with seed 1' in (work_dir / 'report.md').read_text()
+    assert 'on cpu, seed 0' in (work_dir / 'report.md').read_text()
+    assert '- overrides: `model.loss_attention.loss_weight=0.5`' in (work_dir / 'report.md').read_text()
     assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
     assert report['metrics'] == saved['metrics']
+
+
+def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tmp_path, tiny_shapes):
+    bench = _load_tool('benchmark_shapes')
+    args = ['--models', 'rfcn', '--iters', '2', '--data-root', str(tiny_shapes), '--work-dir', str(tmp_path)]
+    reports = bench.main(args + ['--seed', '0', '1'])
+    assert [reports[s]['rfcn']['seed'] for s in (0, 1)] == [0, 1]
+    report_path = tmp_path / 'seed1' / 'rfcn' / 'report.json'
+    assert json.loads(report_path.read_text()) == reports[1]['rfcn']
+    text = (tmp_path / 'benchmark.md').read_text()
+    assert 'Seed 0:' in text and 'Seed 1:' in text and '| Model | seed 0 | seed 1 | mean |' in text
+    mtime = report_path.stat().st_mtime
+    assert bench.main(args + ['--seed', '1'])[1]['rfcn'] == reports[1]['rfcn']  # reused, not retrained
+    assert report_path.stat().st_mtime == mtime
+    # A run of another schedule or of other overrides in the same folder is refused, never reused.
+    with pytest.raises(SystemExit, match=r'report of another run: iterations 2 \(asked: 3\).*another --work-dir'):
+        bench.main(args[:2] + ['--iters', '3'] + args[4:] + ['--seed', '1'])
+    (tmp_path / 'seed1' / 'acouplenet-att0.1').mkdir()
+    shutil.copy(report_path, tmp_path / 'seed1' / 'acouplenet-att0.1' / 'report.json')
+    with pytest.raises(SystemExit, match="config 'configs/shapes/rfcn.*cfg_options {} .asked: "
+                                         "{'model.loss_attention.loss_weight': 0.1}"):
+        bench.main(['--models', 'acouplenet-att0.1'] + args[2:] + ['--seed', '1'])
+
+    # The seed table's paired gaps: each model minus CoupleNet at the same seed, then their mean.
+    def with_ap(report, ap):
+        return dict(report, metrics=dict(report['metrics'], bbox_mAP=ap))
+
+    runs = {0: {'couplenet': with_ap(reports[0]['rfcn'], 0.35), 'rfcn': with_ap(reports[0]['rfcn'], 0.30)},
+            1: {'couplenet': with_ap(reports[1]['rfcn'], 0.32), 'rfcn': with_ap(reports[1]['rfcn'], 0.33)}}
+    rows = bench.seed_table(runs, [0, 1], ['couplenet', 'rfcn']).splitlines()
+    assert rows[0] == '| Model | seed 0 | seed 1 | mean | paired gap to CoupleNet |'
+    assert rows[2] == '| CoupleNet | 35.0 | 32.0 | 33.5 | - |'
+    assert rows[3] == '| R-FCN (local only) | 30.0 | 33.0 | 31.5 | -5.0, +1.0 (mean -2.0) |'
 
 
 def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):

@@ -87,6 +87,12 @@ def build_cfg(args):
     return prepare_cfg(cfg)
 
 
+def device_name() -> str:
+    """Where the runner trains: the GPU's name on CUDA (mmengine's default when one is there), else 'cpu'."""
+    import torch
+    return f'cuda ({torch.cuda.get_device_name()})' if torch.cuda.is_available() else 'cpu'
+
+
 def peak_memory_mb() -> float:
     """Peak memory of this process: GPU memory allocated by torch on CUDA, else the resident set size."""
     import resource
@@ -109,7 +115,10 @@ def write_report(work_dir: str, report: dict) -> None:
         f'({report["dataset"]["val_objects"]} val objects, generated with seed {report["dataset"]["seed"]}), '
         f'`{report["dataset"]["root"]}`',
         f'- training: {report["iterations"]} iterations of {report["batch_size"]} images in '
-        f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter), seed {report["seed"]}',
+        f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter) on {report["device"]}, '
+        f'seed {report["seed"]}',
+        *([f'- overrides: `{" ".join(f"{k}={v}" for k, v in report["cfg_options"].items())}`']
+          if report['cfg_options'] else []),
         f'- evaluation: {report["eval_seconds"]:.0f} s; peak memory {report["peak_memory_mb"]:.0f} MB; '
         f'checkpoint `{report["checkpoint"]}`', '',
         '| AP | AP50 | AP75 | APs | APm | APl |', '|---|---|---|---|---|---|',
@@ -152,6 +161,7 @@ def main(argv=None):
 
     report = dict(
         config=args.config,
+        cfg_options=dict(args.cfg_options or {}),
         dataset=dict(root=osp.abspath(args.data_root), train_images=manifest['splits']['train']['images'],
                      val_images=manifest['splits']['val']['images'],
                      val_objects=manifest['splits']['val']['annotations'], seed=manifest['config']['seed']),
@@ -164,6 +174,7 @@ def main(argv=None):
         peak_memory_mb=peak_memory_mb(),
         total_seconds=time.time() - started,
         seed=args.seed,
+        device=device_name(),
         checkpoint=checkpoint,
         figure=figure,
     )
