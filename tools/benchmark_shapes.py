@@ -84,10 +84,13 @@ def default_iterations(config: str) -> int:
     return Config.fromfile(osp.join(REPO, config)).train_cfg.max_iters
 
 
-def check_reusable(report_path: str, expected: dict) -> None:
-    """Refuse a report that another run wrote (another seed, schedule, config, overrides or dataset)."""
+def load_report(report_path: str) -> dict:
     with open(report_path) as f:
-        report = json.load(f)
+        return json.load(f)
+
+
+def check_reusable(report: dict, report_path: str, expected: dict) -> None:
+    """Refuse a report that another run wrote (another seed, schedule, config, overrides or dataset)."""
     found = dict(config=report['config'], seed=report['seed'], iterations=report['iterations'],
                  cfg_options=report.get('cfg_options', {}), data_root=report['dataset']['root'])
     differ = [f'{k} {found[k]!r} (asked: {expected[k]!r})' for k in expected if found[k] != expected[k]]
@@ -102,20 +105,21 @@ def run(key: str, seed: int, args) -> dict:
     work_dir = osp.join(args.work_dir, f'seed{seed}', key)
     report_path = osp.join(work_dir, 'report.json')
     if osp.isfile(report_path):
-        check_reusable(report_path, dict(config=config, seed=seed, iterations=args.iters or default_iterations(config),
-                                         cfg_options=options, data_root=args.data_root))
+        report = load_report(report_path)
+        check_reusable(report, report_path,
+                       dict(config=config, seed=seed, iterations=args.iters or default_iterations(config),
+                            cfg_options=options, data_root=args.data_root))
         print(f'[benchmark] {name}, seed {seed}: reusing {report_path}', flush=True)
-    else:
-        cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), '--config', config, '--work-dir', work_dir,
-               '--data-root', args.data_root, '--seed', str(seed)]
-        if args.iters:
-            cmd += ['--iters', str(args.iters)]
-        if options:
-            cmd += ['--cfg-options', *(f'{k}={v}' for k, v in options.items())]
-        print(f'[benchmark] {name}, seed {seed}: {" ".join(cmd)}', flush=True)
-        subprocess.run(cmd, cwd=REPO, check=True)
-    with open(report_path) as f:
-        return json.load(f)
+        return report
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), '--config', config, '--work-dir', work_dir,
+           '--data-root', args.data_root, '--seed', str(seed)]
+    if args.iters:
+        cmd += ['--iters', str(args.iters)]
+    if options:
+        cmd += ['--cfg-options', *(f'{k}={v}' for k, v in options.items())]
+    print(f'[benchmark] {name}, seed {seed}: {" ".join(cmd)}', flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return load_report(report_path)
 
 
 def main(argv=None):
