@@ -30,6 +30,12 @@ def test_deterministic_for_a_seed(tmp_path):
     generate(str(tmp_path / 'c'), ShapesConfig(seed=4, **SMALL))
     assert not filecmp.cmp(tmp_path / 'a' / 'annotations' / 'instances_train.json',
                            tmp_path / 'c' / 'annotations' / 'instances_train.json', shallow=False)
+    # The fingerprint the reports carry: equal for equal data, changed by another seed or one image byte.
+    prints = {name: shapes.fingerprint(str(tmp_path / name)) for name in 'abc'}
+    assert prints['a'] == prints['b'] != prints['c'] and len(prints['a']) == 64
+    image = tmp_path / 'b' / 'val' / sorted(os.listdir(tmp_path / 'b' / 'val'))[0]
+    image.write_bytes(image.read_bytes()[:-1] + bytes([image.read_bytes()[-1] ^ 1]))
+    assert shapes.fingerprint(str(tmp_path / 'b')) != prints['a']
 
 
 def test_valid_coco_with_masks_that_agree_with_boxes(tmp_path):

@@ -14,6 +14,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmdet.registry import HOOKS
+from projects.acouplenet.shapes import fingerprint
 
 from .conftest import REPO, SHAPES_CONFIG, tiny_train_cfg
 
@@ -72,6 +73,8 @@ def test_main_job_end_to_end(tmp_path, tiny_shapes):
     assert saved['dataset']['seed'] == 1 and saved['seed'] == 0
     # What the run was: its overrides and where it trained, so that runs are compared like with like.
     assert saved['cfg_options'] == {'model.loss_attention.loss_weight': 0.5} and saved['device'] == 'cpu'
+    assert saved['dataset']['sha256'] == fingerprint(str(tiny_shapes))
+    assert saved['host']['threads'] == torch.get_num_threads() and saved['host']['cpu_capability']
     assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                                      'bbox_mAP_l'}
     assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
@@ -80,6 +83,8 @@ def test_main_job_end_to_end(tmp_path, tiny_shapes):
     assert 'generated with seed 1' in (work_dir / 'report.md').read_text()
     assert 'on cpu, seed 0' in (work_dir / 'report.md').read_text()
     assert '- overrides: `model.loss_attention.loss_weight=0.5`' in (work_dir / 'report.md').read_text()
+    assert f'sha256 `{fingerprint(str(tiny_shapes))[:16]}`' in (work_dir / 'report.md').read_text()
+    assert f'threads, torch {torch.__version__}' in (work_dir / 'report.md').read_text()
     assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
     assert report['metrics'] == saved['metrics']
 
@@ -104,6 +109,13 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     with pytest.raises(SystemExit, match="config 'configs/shapes/rfcn.*cfg_options {} .asked: "
                                          "{'model.loss_attention.loss_weight': 0.1}"):
         bench.main(['--models', 'acouplenet-att0.1'] + args[2:] + ['--seed', '1'])
+    # Nor one trained on other data in the same folder (generated again since): its fingerprint differs.
+    seed0_report = tmp_path / 'seed0' / 'rfcn' / 'report.json'
+    other_data = json.loads(seed0_report.read_text())
+    other_data['dataset']['sha256'] = '0' * 64
+    seed0_report.write_text(json.dumps(other_data))
+    with pytest.raises(SystemExit, match=r'dataset sha256 0000000000000000 \(the data there now: [0-9a-f]{16}\)'):
+        bench.main(args + ['--seed', '0'])
 
     # The seed table's paired gaps: each model minus CoupleNet at the same seed, then their mean.
     def with_ap(report, ap):

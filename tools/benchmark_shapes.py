@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)  # for projects.acouplenet without an installed package
 ACOUPLENET = 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
 # key: (name, config, --cfg-options of main_job)
 MODELS = {
@@ -90,10 +91,20 @@ def load_report(report_path: str) -> dict:
 
 
 def check_reusable(report: dict, report_path: str, expected: dict) -> None:
-    """Refuse a report that another run wrote (another seed, schedule, config, overrides or dataset)."""
+    """Refuse a report that another run wrote (another seed, schedule, config, overrides or dataset).
+
+    The dataset is compared by folder and, where the report records one (reports since 2026-11-26), by
+    content: the data at the same folder may have been generated again since.
+    """
     found = dict(config=report['config'], seed=report['seed'], iterations=report['iterations'],
                  cfg_options=report.get('cfg_options', {}), data_root=report['dataset']['root'])
     differ = [f'{k} {found[k]!r} (asked: {expected[k]!r})' for k in expected if found[k] != expected[k]]
+    recorded = report['dataset'].get('sha256')
+    if recorded and not differ:
+        from projects.acouplenet.shapes import fingerprint
+        current = fingerprint(expected['data_root'])
+        if current != recorded:
+            differ.append(f'dataset sha256 {recorded[:16]} (the data there now: {current[:16]})')
     if differ:
         raise SystemExit(f'error: {report_path} is the report of another run: {"; ".join(differ)}. Pass another '
                          '--work-dir, or delete that run\'s folder to train it again.')

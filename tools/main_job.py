@@ -93,6 +93,23 @@ def device_name() -> str:
     return f'cuda ({torch.cuda.get_device_name()})' if torch.cuda.is_available() else 'cpu'
 
 
+def host_info() -> dict:
+    """What the numbers depend on besides the code, the data and the seed: the CPU and the kernels torch
+    picks for it (their rounding differs between CPU types, and training from scratch amplifies it), and
+    the threads."""
+    import platform
+
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    except OSError:
+        pass
+    return dict(cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
+                torch=torch.__version__)
+
+
 def peak_memory_mb() -> float:
     """Peak memory of this process: GPU memory allocated by torch on CUDA, else the resident set size."""
     import resource
@@ -113,10 +130,12 @@ def write_report(work_dir: str, report: dict) -> None:
         f'- config: `{report["config"]}`',
         f'- data: {report["dataset"]["train_images"]} train / {report["dataset"]["val_images"]} val images '
         f'({report["dataset"]["val_objects"]} val objects, generated with seed {report["dataset"]["seed"]}), '
-        f'`{report["dataset"]["root"]}`',
+        f'`{report["dataset"]["root"]}`, sha256 `{report["dataset"]["sha256"][:16]}`',
         f'- training: {report["iterations"]} iterations of {report["batch_size"]} images in '
         f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter) on {report["device"]}, '
         f'seed {report["seed"]}',
+        f'- host: {report["host"]["cpu"]} ({report["host"]["cpu_capability"]}), {report["host"]["threads"]} '
+        f'threads, torch {report["host"]["torch"]}',
         *([f'- overrides: `{" ".join(f"{k}={v}" for k, v in report["cfg_options"].items())}`']
           if report['cfg_options'] else []),
         f'- evaluation: {report["eval_seconds"]:.0f} s; peak memory {report["peak_memory_mb"]:.0f} MB; '
@@ -136,6 +155,7 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from mmdet.apis import init_detector
+    from projects.acouplenet.shapes import fingerprint
     from projects.acouplenet.visualization import attention_figure
 
     cfg = build_cfg(args)
@@ -164,7 +184,8 @@ def main(argv=None):
         cfg_options=dict(args.cfg_options or {}),
         dataset=dict(root=osp.abspath(args.data_root), train_images=manifest['splits']['train']['images'],
                      val_images=manifest['splits']['val']['images'],
-                     val_objects=manifest['splits']['val']['annotations'], seed=manifest['config']['seed']),
+                     val_objects=manifest['splits']['val']['annotations'], seed=manifest['config']['seed'],
+                     sha256=fingerprint(args.data_root)),
         metrics={k: float(metrics[f'coco/{k}']) for k in METRIC_KEYS},
         iterations=cfg.train_cfg.max_iters,
         batch_size=cfg.train_dataloader.batch_size,
@@ -175,6 +196,7 @@ def main(argv=None):
         total_seconds=time.time() - started,
         seed=args.seed,
         device=device_name(),
+        host=host_info(),
         checkpoint=checkpoint,
         figure=figure,
     )

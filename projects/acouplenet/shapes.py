@@ -19,6 +19,7 @@ Every image is drawn from its own seed ``(seed, split, index)``, so a dataset
 is a pure function of its options. The dataset is written to a temporary
 folder and renamed into place: a half-written dataset never looks whole.
 """
+import hashlib
 import json
 import math
 import os
@@ -334,6 +335,23 @@ def is_complete(root: str, cfg: Optional[ShapesConfig] = None) -> bool:
     if cfg is not None and manifest.get('config') != json.loads(json.dumps(asdict(cfg))):
         return False
     return all(os.path.isfile(os.path.join(root, 'annotations', f'instances_{s}.json')) for s in SPLITS)
+
+
+def fingerprint(root: str) -> str:
+    """sha256 over a dataset folder: each file's relative path and bytes, in sorted order.
+
+    Reports carry it so that two runs can be told to have trained and
+    evaluated on the same data, whichever machine generated it.
+    """
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()  # os.walk descends in this order
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            with open(path, 'rb') as f:
+                content = hashlib.sha256(f.read()).digest()
+            digest.update(os.path.relpath(path, root).encode() + b'\0' + content)
+    return digest.hexdigest()
 
 
 def generate(root: str, cfg: ShapesConfig = ShapesConfig(), overwrite: bool = False) -> dict:
