@@ -2,7 +2,7 @@
 # clipping, one evaluation at the end. AdamW instead of the paper's SGD: these models train from scratch
 # (no ImageNet weights offline) in a short schedule, where AdamW reached 32.6 AP against SGD's 13.1
 # (ACoupleNet, same data, same 2k iterations; measured 2026-11-24 with an earlier revision of the shapes
-# configs, so the AP is not this release's 32.9, but the gap is what chose AdamW).
+# configs, so the AP is not this release's (see the README), but the gap is what chose AdamW).
 _base_ = '../default_runtime.py'
 
 max_iters = 2000
