@@ -8,6 +8,7 @@ only ever holds a whole file. :func:`use_atomic_local_writes`, called when
 ``projects.acouplenet`` is imported, makes it mmengine's backend for local
 paths.
 """
+import hashlib
 import os
 import os.path as osp
 import tempfile
@@ -16,6 +17,15 @@ from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.fileio import io as mmengine_io
+
+
+def sha256sum(path: str, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(chunk_size), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(data: Union[bytes, str], filepath: Union[str, Path], encoding: str = 'utf-8') -> None:

@@ -10,7 +10,6 @@
 * :func:`convert_resnet` maps ImageNet ResNet weights (torchvision or mmdet
   layout) onto :func:`AttentionBackbone`.
 """
-import hashlib
 import os
 import os.path as osp
 import shutil
@@ -23,6 +22,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 import yaml
 
+from .fileio import sha256sum
+
 REPO_MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'model-index.yml')
 CHUNK = 1 << 20
 
@@ -33,14 +34,6 @@ class ChecksumError(RuntimeError):
 
 class DownloadError(RuntimeError):
     pass
-
-
-def sha256sum(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(CHUNK), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- the index ---------------------------------------------------------------------------------------

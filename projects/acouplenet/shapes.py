@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from .fileio import sha256sum
 from .transforms import rle_from_bitmap
 
 OUTLINES = ('ellipse', 'star', 'triangle')
@@ -348,9 +349,7 @@ def fingerprint(root: str) -> str:
         dirnames.sort()  # os.walk descends in this order
         for name in sorted(filenames):
             path = os.path.join(dirpath, name)
-            with open(path, 'rb') as f:
-                content = hashlib.sha256(f.read()).digest()
-            digest.update(os.path.relpath(path, root).encode() + b'\0' + content)
+            digest.update(os.path.relpath(path, root).encode() + b'\0' + bytes.fromhex(sha256sum(path)))
     return digest.hexdigest()
 
 
