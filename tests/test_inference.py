@@ -134,17 +134,28 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert model.roi_head.test_cfg == paper_rcnn and model.test_cfg.rpn.max_per_img == 300
 
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
-                '--warmup', '0', '--no-flops', '--profile', '--out', str(tmp_path)])
+                '--warmup', '0', '--no-flops', '--profile', '--paired', '3', '--out', str(tmp_path)])
     results = json.loads((tmp_path / 'benchmark_cpu.json').read_text())
     for r in results.values():
         assert len(r['latencies_s']) == len(r['network_s']) == len(r['backbone_s']) == 2
         assert 0 < r['backbone_latency_s'] and 0 < r['network_latency_s'] and 'profile' not in r
+        assert len(r['paired_network_s']) == 3 and min(r['paired_network_s']) > 0
     profiles = (tmp_path / 'profile_cpu.txt').read_text()
     # One operator table per model; both run ResNet-101's convolutions.
     assert profiles.count('one _forward') == 2 and profiles.count('aten::conv') >= 2
     text = (tmp_path / 'benchmark_cpu.md').read_text()
     assert f'score threshold {paper_rcnn.score_thr} and NMS {paper_rcnn.nms.iou_threshold} for all' in text
     assert '| ACoupleNet R-101 |' in text and '| Faster R-CNN R-101-C4, 300 proposals |' in text
-    assert 'end to end' in text and 'network (target >= 2.5x)' in text and '| backbone (s) |' in text
+    assert 'end to end' in text and '| backbone (s) |' in text
+    # The table names the CPU and torch's kernel level for it, which set the times.
+    assert f'{torch.backends.cpu.get_cpu_capability()}), ' in text.splitlines()[0]
+    a, b = results['acouplenet']['paired_network_s'], results['faster-rcnn-300']['paired_network_s']
+    low, median, high = bench.paired_ratios(b, a)
+    assert f'network; paired network (one process, alternating, 3 rounds): median {median:.2f}x, quartiles ' \
+           f'{low:.2f}x-{high:.2f}x (target >= 2.5x)' in text
+    # Median and quartiles of the round-by-round ratios, not ratios of medians.
+    assert bench.paired_ratios([2, 9, 3, 8], [1, 3, 1, 2]) == (2.75, 3.0, 3.25)
+    assert bench.paired_ratios([6, 1, 4], [2, 1, 1]) == (2.0, 3.0, 3.5)
+    assert bench.paired_ratios([3], [2]) == (1.5, 1.5, 1.5)
     with pytest.raises(SystemExit, match='--tf32 is a CUDA precision setting.*drop --tf32 or run with --device cuda'):
         bench.main(['--device', 'cpu', '--tf32', '--out', str(tmp_path)])

@@ -2,7 +2,7 @@
 
     python tools/benchmark_speed.py [--device cpu|cuda] [--shape 600 1000] [--warmup 2] [--runs 5]
                                     [--rounds 1] [--models ...] [--threads N] [--no-flops] [--profile]
-                                    [--tf32] [--out work_dirs/benchmark_speed]
+                                    [--paired N] [--tf32] [--out work_dirs/benchmark_speed]
 
 ResNet-101 models with random weights on one 600 x 1000 image, COCO's 81 classes, the paper's test
 setting: top 300 proposals (Table VI); Faster R-CNN C4 also with mmdet's default 1000. Every model
@@ -23,6 +23,11 @@ On a shared host whose speed drifts, a model timed in a slow minute looks slow: 
 every model N times in turn (FLOPs counted once) and reports the median over all rounds' runs, with the
 latency ratio to R-FCN of each round, so that the drift is visible next to the result.
 
+``--paired N`` measures the ratios against that drift: one more process builds every model and times
+their networks alternately, model after model (the order rotating), N times, so that each ratio is taken
+between runs seconds apart; the ratio lines then add the median of those N paired ratios and their
+quartiles. (Peak memory stays the per-model processes'.)
+
 ``--profile`` adds where the time goes: ``torch.profiler`` over one ``_forward`` per model (first round),
 the top operators by self time on the device (CUDA kernels on a GPU), written to profile_<device>.txt.
 
@@ -34,9 +39,11 @@ import argparse
 import json
 import os
 import os.path as osp
+import statistics
 import subprocess
 import sys
 import time
+from typing import Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODELS = {
@@ -64,8 +71,12 @@ def parse_args(argv=None):
                         help='also write the top operators of one _forward per model to profile_<device>.txt')
     parser.add_argument('--tf32', action='store_true',
                         help='CUDA only: allow TF32 matrix products (torch.backends.cuda.matmul.allow_tf32)')
+    parser.add_argument('--paired', type=int, default=0, metavar='N',
+                        help='also time all models\' networks in one process, alternating, N times, for ratios '
+                             'that the host\'s drift does not skew')
     parser.add_argument('--out', default='work_dirs/benchmark_speed')
     parser.add_argument('--worker', choices=list(MODELS), help=argparse.SUPPRESS)
+    parser.add_argument('--paired-worker', action='store_true', help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -101,34 +112,47 @@ def build(key: str, device: str):
     return model.to(device).eval(), torch, DetDataSample
 
 
-def worker(args) -> dict:
-    import resource
-    model, torch, DetDataSample = build(args.worker, args.device)
-    # Set in the worker, where the model runs; the default (off) is left as it is otherwise.
-    if args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    h, w = args.shape
-    pad_h, pad_w = (h + 31) // 32 * 32, (w + 31) // 32 * 32
-    images = torch.randn(1, 3, pad_h, pad_w, device=args.device) * 50
+class Inputs:
+    """One random (1, 3, H, W) image, padded as mmdet pads, its data sample, and a timer of model calls."""
 
-    def sample():
-        s = DetDataSample()
-        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(pad_h, pad_w),
-                            batch_input_shape=(pad_h, pad_w), scale_factor=(1.0, 1.0)))
+    def __init__(self, args) -> None:
+        import torch
+
+        from mmdet.structures import DetDataSample
+        self.torch, self.DetDataSample, self.device = torch, DetDataSample, args.device
+        # Set where the models run; the defaults (TF32 off) are left as they are otherwise.
+        if args.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.shape = tuple(args.shape)
+        h, w = self.shape
+        self.pad_shape = ((h + 31) // 32 * 32, (w + 31) // 32 * 32)
+        self.images = torch.randn(1, 3, *self.pad_shape, device=args.device) * 50
+
+    def sample(self):
+        s = self.DetDataSample()
+        s.set_metainfo(dict(img_shape=self.shape, ori_shape=self.shape, pad_shape=self.pad_shape,
+                            batch_input_shape=self.pad_shape, scale_factor=(1.0, 1.0)))
         return s
 
-    def sync():
-        if args.device.startswith('cuda'):
-            torch.cuda.synchronize()
+    def sync(self) -> None:
+        if self.device.startswith('cuda'):
+            self.torch.cuda.synchronize()
 
-    def timed(fn) -> float:
+    def timed(self, fn) -> float:
+        """Seconds of one ``fn(images, [sample])``, device work included."""
         t0 = time.perf_counter()
-        fn(images, [sample()])
-        sync()
+        fn(self.images, [self.sample()])
+        self.sync()
         return time.perf_counter() - t0
 
+
+def worker(args) -> dict:
+    import resource
+    model, torch, _ = build(args.worker, args.device)
+    inputs = Inputs(args)
+    images, sample, sync, timed = inputs.images, inputs.sample, inputs.sync, inputs.timed
     with torch.inference_mode():
         for _ in range(args.warmup):
             model.predict(images, [sample()])
@@ -158,6 +182,30 @@ def worker(args) -> dict:
             analyzer.uncalled_modules_warnings(False)
             result['gflops'] = analyzer.total() / 1e9
     return result
+
+
+def paired_worker(args) -> dict:
+    """Network seconds of every model in ``args.models``, timed alternately in this one process.
+
+    Returns:
+        dict: ``{key: [seconds of round 0, round 1, ...]}``; in round ``i`` the
+        models run in the order of ``args.models`` rotated by ``i``, so no model
+        always runs first (or right after the slowest).
+    """
+    import torch
+    models = {key: build(key, args.device)[0] for key in args.models}
+    inputs = Inputs(args)
+    keys = list(models)
+    times = {key: [] for key in keys}
+    with torch.inference_mode():
+        for key in keys:
+            for _ in range(max(args.warmup, 1)):
+                models[key]._forward(inputs.images, [inputs.sample()])
+        inputs.sync()
+        for i in range(args.paired):
+            for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+                times[key].append(inputs.timed(models[key]._forward))
+    return times
 
 
 def profile(model, images, sample, device: str, rows: int = 25) -> str:
@@ -207,6 +255,15 @@ def summarize(rounds: list) -> dict:
     return result
 
 
+def paired_ratios(numerator: list, denominator: list) -> Tuple[float, float, float]:
+    """Median and quartiles of the round-by-round ratios ``numerator[i] / denominator[i]``."""
+    values = [x / y for x, y in zip(numerator, denominator)]
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    low, median, high = statistics.quantiles(values, n=4, method='inclusive')
+    return low, median, high
+
+
 def ratios(results: dict) -> list:
     """The README's ratios, end to end and for the network alone (see the module docstring)."""
     lines = []
@@ -218,21 +275,44 @@ def ratios(results: dict) -> list:
         per_round = [x / y for x, y in zip(a[key], results[other][key])]
         return f' (by round: {", ".join(f"{r:.2f}x" for r in per_round)})' if len(per_round) > 1 else ''
 
+    def paired(slow: dict, fast: dict) -> str:
+        if 'paired_network_s' not in slow or 'paired_network_s' not in fast:
+            return ''
+        low, median, high = paired_ratios(slow['paired_network_s'], fast['paired_network_s'])
+        return (f'; paired network (one process, alternating, {len(a["paired_network_s"])} rounds): median '
+                f'{median:.2f}x, quartiles {low:.2f}x-{high:.2f}x')
+
     for key in ('faster-rcnn-300', 'faster-rcnn-1000'):
         if key in results:
             b = results[key]
             lines.append(f'ACoupleNet throughput / {MODELS[key][0]}: {a["images_per_s"] / b["images_per_s"]:.2f}x end '
-                         f'to end, {b["network_latency_s"] / a["network_latency_s"]:.2f}x network (target >= 2.5x)')
+                         f'to end, {b["network_latency_s"] / a["network_latency_s"]:.2f}x network{paired(b, a)} '
+                         f'(target >= 2.5x)')
     if 'rfcn' in results:
         r = results['rfcn']
         lines.append(f'ACoupleNet latency / R-FCN latency: {a["latency_s"] / r["latency_s"]:.2f}x end to end'
                      f'{by_round("round_latency_s", "rfcn")}, {a["network_latency_s"] / r["network_latency_s"]:.2f}x '
-                     f'network{by_round("round_network_latency_s", "rfcn")} (target <= 1.3x)')
+                     f'network{by_round("round_network_latency_s", "rfcn")}{paired(a, r)} (target <= 1.3x)')
     if 'couplenet' in results:
         c = results['couplenet']
         lines.append(f'ACoupleNet latency / CoupleNet latency: {a["latency_s"] / c["latency_s"]:.2f}x end to end, '
-                     f'{a["network_latency_s"] / c["network_latency_s"]:.2f}x network')
+                     f'{a["network_latency_s"] / c["network_latency_s"]:.2f}x network{paired(a, c)}')
     return lines
+
+
+def run_worker(args, extra: list, what: str):
+    """Run this script as a worker process with ``extra`` arguments; its RESULT json."""
+    cmd = [sys.executable, __file__, '--device', args.device, '--shape', *map(str, args.shape),
+           '--warmup', str(args.warmup), '--runs', str(args.runs), *extra]
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+    if args.tf32:
+        cmd.append('--tf32')
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
+    if out.returncode != 0 or not lines:
+        raise SystemExit(f'{what} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
+    return json.loads(lines[-1][len('RESULT '):])
 
 
 def main(argv=None):
@@ -241,8 +321,12 @@ def main(argv=None):
     if args.worker:
         print('RESULT ' + json.dumps(worker(args)), flush=True)
         return
-    if args.rounds < 1 or args.runs < 1:
-        raise SystemExit(f'error: --rounds ({args.rounds}) and --runs ({args.runs}) must be at least 1')
+    if args.paired_worker:
+        print('RESULT ' + json.dumps(paired_worker(args)), flush=True)
+        return
+    if args.rounds < 1 or args.runs < 1 or args.paired < 0:
+        raise SystemExit(f'error: --rounds ({args.rounds}) and --runs ({args.runs}) must be at least 1, '
+                         f'--paired ({args.paired}) at least 0')
     if args.tf32 and not args.device.startswith('cuda'):
         raise SystemExit(f'error: --tf32 is a CUDA precision setting and does nothing on --device {args.device}; '
                          'drop --tf32 or run with --device cuda')
@@ -250,26 +334,30 @@ def main(argv=None):
     rounds = {key: [] for key in args.models}
     for round_index in range(args.rounds):
         for key in args.models:
-            cmd = [sys.executable, __file__, '--worker', key, '--device', args.device, '--shape',
-                   *map(str, args.shape), '--warmup', str(args.warmup), '--runs', str(args.runs)]
-            if args.threads:
-                cmd += ['--threads', str(args.threads)]
-            if args.tf32:
-                cmd.append('--tf32')
+            extra = ['--worker', key]
             if args.no_flops or round_index > 0:  # FLOPs do not change between rounds
-                cmd.append('--no-flops')
+                extra.append('--no-flops')
             if args.profile and round_index == 0:
-                cmd.append('--profile')
+                extra.append('--profile')
             print(f'[benchmark_speed] round {round_index + 1}/{args.rounds}: {MODELS[key][0]} ...', flush=True)
-            out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-            lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
-            if out.returncode != 0 or not lines:
-                raise SystemExit(f'{key} failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}')
-            rounds[key].append(json.loads(lines[-1][len('RESULT '):]))
+            rounds[key].append(run_worker(args, extra, key))
     results = {key: summarize(r) for key, r in rounds.items()}
+    if args.paired:
+        print(f'[benchmark_speed] paired: {args.paired} rounds of {len(args.models)} models in one process ...',
+              flush=True)
+        paired = run_worker(args, ['--paired-worker', '--paired', str(args.paired), '--models', *args.models],
+                            'the paired timing')
+        for key, seconds in paired.items():
+            results[key]['paired_network_s'] = seconds
     profiles = {key: r.pop('profile') for key, r in results.items() if 'profile' in r}
     import torch
-    device = args.device if not args.device.startswith('cuda') else torch.cuda.get_device_name(0)
+
+    from projects.acouplenet.runtime import host_info
+    if args.device.startswith('cuda'):
+        device = torch.cuda.get_device_name(0)
+    else:  # the CPU's model and the kernel level torch picks for it, which set the times
+        host = host_info()
+        device = f'cpu ({host["cpu"]}, {host["cpu_capability"]})'
     threads = args.threads or torch.get_num_threads()
     runs = f'median of {args.runs} runs' + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else '')
     rcnn = paper_rcnn_test_cfg()

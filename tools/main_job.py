@@ -93,23 +93,6 @@ def device_name() -> str:
     return f'cuda ({torch.cuda.get_device_name()})' if torch.cuda.is_available() else 'cpu'
 
 
-def host_info() -> dict:
-    """What the numbers depend on besides the code, the data and the seed: the CPU and the kernels torch
-    picks for it (their rounding differs between CPU types, and training from scratch amplifies it), and
-    the threads."""
-    import platform
-
-    import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
-    except OSError:
-        pass
-    return dict(cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
-                torch=torch.__version__)
-
-
 def peak_memory_mb() -> float:
     """Peak memory of this process: GPU memory allocated by torch on CUDA, else the resident set size."""
     import resource
@@ -155,6 +138,7 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from mmdet.apis import init_detector
+    from projects.acouplenet.runtime import host_info
     from projects.acouplenet.shapes import fingerprint
     from projects.acouplenet.visualization import attention_figure
 

@@ -1,5 +1,6 @@
 """Adjustments of a loaded config: to the machine it runs on (tools/train.py, tools/test.py) and to a
-data folder and run length (the main job, the benchmarks, the tests)."""
+data folder and run length (the main job, the benchmarks, the tests); the machine's description that
+reports record."""
 import os.path as osp
 
 import torch
@@ -92,3 +93,19 @@ def set_iterations(cfg: Config, iters: int) -> Config:
             scheduler['milestones'] = [max(round(m * scale), 1) for m in scheduler['milestones']]
     cfg.default_hooks.checkpoint.interval = iters
     return cfg
+
+
+def host_info() -> dict:
+    """What the numbers depend on besides the code, the data and the seed: the CPU and the kernels torch
+    picks for it (their rounding differs between CPU types, and training from scratch amplifies it), and
+    the threads."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+    except OSError:
+        pass
+    return dict(cpu=cpu, cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=torch.get_num_threads(),
+                torch=torch.__version__)
