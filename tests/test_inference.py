@@ -1,6 +1,7 @@
 """Inference like an MMDetection user: DetInferencer, init_detector / inference_detector and the demo."""
 import importlib.util
 import json
+import statistics
 
 import mmcv
 import numpy as np
@@ -146,7 +147,8 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     text = (tmp_path / 'benchmark_cpu.md').read_text()
     assert f'score threshold {paper_rcnn.score_thr} and NMS {paper_rcnn.nms.iou_threshold} for all' in text
     assert '| ACoupleNet R-101 |' in text and '| Faster R-CNN R-101-C4, 300 proposals |' in text
-    assert 'end to end' in text and '| backbone (s) |' in text
+    assert 'end to end' in text and '| backbone (s) | paired network (s) |' in text
+    assert f'| {statistics.median(results["acouplenet"]["paired_network_s"]):.4f} | ' in text
     # The table names the CPU and torch's kernel level for it, which set the times.
     assert f'{torch.backends.cpu.get_cpu_capability()}), ' in text.splitlines()[0]
     a, b = results['acouplenet']['paired_network_s'], results['faster-rcnn-300']['paired_network_s']

@@ -224,13 +224,17 @@ def profile(model, images, sample, device: str, rows: int = 25) -> str:
 
 
 def table(rows, device) -> str:
-    lines = [f'| Model ({device}) | latency (s) | images/s | network (s) | backbone (s) | peak memory (MB) | GFLOPs '
-             f'| params (M) |', '|---|---|---|---|---|---|---|---|']
+    """The markdown table; with ``--paired``, a column of each model's median paired network time."""
+    paired = all('paired_network_s' in r for _, r in rows)
+    lines = [f'| Model ({device}) | latency (s) | images/s | network (s) | backbone (s) | '
+             + ('paired network (s) | ' if paired else '') + 'peak memory (MB) | GFLOPs | params (M) |',
+             '|---|---|---|---|---|' + ('---|' if paired else '') + '---|---|---|']
     for key, r in rows:
         gflops = f'{r["gflops"]:.0f}' if r.get('gflops') else '-'
         lines.append(f'| {MODELS[key][0]} | {r["latency_s"]:.4f} | {r["images_per_s"]:.2f} | '
                      f'{r["network_latency_s"]:.4f} | {r["backbone_latency_s"]:.4f} | '
-                     f'{r["peak_memory_mb"]:.0f} | {gflops} | {r["params_m"]:.1f} |')
+                     + (f'{statistics.median(r["paired_network_s"]):.4f} | ' if paired else '')
+                     + f'{r["peak_memory_mb"]:.0f} | {gflops} | {r["params_m"]:.1f} |')
     return '\n'.join(lines)
 
 
