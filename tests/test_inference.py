@@ -131,7 +131,7 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     paper_rcnn = Config.fromfile(str(REPO / bench.MODELS['acouplenet'][1])).model.test_cfg.rcnn
     # mmdet's C4 default post-processes differently (score_thr 0.05, NMS 0.5): the benchmark overrides it.
     assert Config.fromfile(str(REPO / bench.MODELS['faster-rcnn-300'][1])).model.test_cfg.rcnn != paper_rcnn
-    model = bench.build('faster-rcnn-300', 'cpu')[0]
+    model = bench.build('faster-rcnn-300', 'cpu')
     assert model.roi_head.test_cfg == paper_rcnn and model.test_cfg.rpn.max_per_img == 300
 
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',

@@ -87,12 +87,10 @@ def paper_rcnn_test_cfg():
 
 
 def build(key: str, device: str):
-    """The model of ``key`` with random weights, in eval mode, and a batch of one image."""
-    import torch
+    """The model of ``key`` with random weights, in eval mode, on ``device``."""
     from mmengine.config import Config
 
     from mmdet.registry import MODELS as REGISTRY
-    from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
     register_all_modules()
     import projects.acouplenet  # noqa: F401
@@ -109,7 +107,16 @@ def build(key: str, device: str):
             part['init_cfg'] = None  # random weights: no download
     model = REGISTRY.build(cfg.model)
     model.init_weights()
-    return model.to(device).eval(), torch, DetDataSample
+    return model.to(device).eval()
+
+
+def apply_torch_settings(args) -> None:
+    """``--tf32`` and ``--threads``, set in the worker process where the models run (defaults elsewhere)."""
+    import torch
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 class Inputs:
@@ -120,11 +127,6 @@ class Inputs:
 
         from mmdet.structures import DetDataSample
         self.torch, self.DetDataSample, self.device = torch, DetDataSample, args.device
-        # Set where the models run; the defaults (TF32 off) are left as they are otherwise.
-        if args.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-        if args.threads:
-            torch.set_num_threads(args.threads)
         self.shape = tuple(args.shape)
         h, w = self.shape
         self.pad_shape = ((h + 31) // 32 * 32, (w + 31) // 32 * 32)
@@ -150,7 +152,10 @@ class Inputs:
 
 def worker(args) -> dict:
     import resource
-    model, torch, _ = build(args.worker, args.device)
+
+    import torch
+    apply_torch_settings(args)
+    model = build(args.worker, args.device)
     inputs = Inputs(args)
     images, sample, sync, timed = inputs.images, inputs.sample, inputs.sync, inputs.timed
     with torch.inference_mode():
@@ -193,7 +198,8 @@ def paired_worker(args) -> dict:
         always runs first (or right after the slowest).
     """
     import torch
-    models = {key: build(key, args.device)[0] for key in args.models}
+    apply_torch_settings(args)
+    models = {key: build(key, args.device) for key in args.models}
     inputs = Inputs(args)
     keys = list(models)
     times = {key: [] for key in keys}
@@ -279,12 +285,12 @@ def ratios(results: dict) -> list:
         per_round = [x / y for x, y in zip(a[key], results[other][key])]
         return f' (by round: {", ".join(f"{r:.2f}x" for r in per_round)})' if len(per_round) > 1 else ''
 
-    def paired(slow: dict, fast: dict) -> str:
-        if 'paired_network_s' not in slow or 'paired_network_s' not in fast:
+    def paired(numerator: dict, denominator: dict) -> str:
+        if 'paired_network_s' not in numerator or 'paired_network_s' not in denominator:
             return ''
-        low, median, high = paired_ratios(slow['paired_network_s'], fast['paired_network_s'])
-        return (f'; paired network (one process, alternating, {len(a["paired_network_s"])} rounds): median '
-                f'{median:.2f}x, quartiles {low:.2f}x-{high:.2f}x')
+        low, median, high = paired_ratios(numerator['paired_network_s'], denominator['paired_network_s'])
+        return (f'; paired network (one process, alternating, {len(numerator["paired_network_s"])} rounds): '
+                f'median {median:.2f}x, quartiles {low:.2f}x-{high:.2f}x')
 
     for key in ('faster-rcnn-300', 'faster-rcnn-1000'):
         if key in results:
