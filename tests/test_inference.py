@@ -141,6 +141,8 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
         assert len(r['latencies_s']) == len(r['network_s']) == len(r['backbone_s']) == 2
         assert 0 < r['backbone_latency_s'] and 0 < r['network_latency_s'] and 'profile' not in r
         assert len(r['paired_network_s']) == 3 and min(r['paired_network_s']) > 0
+        # One median for all: of two runs, the slower one (a time a run took, not the mean of the two).
+        assert r['latency_s'] == max(r['latencies_s']) and r['network_latency_s'] == max(r['network_s'])
     profiles = (tmp_path / 'profile_cpu.txt').read_text()
     # One operator table per model; both run ResNet-101's convolutions.
     assert profiles.count('one _forward') == 2 and profiles.count('aten::conv') >= 2
@@ -148,7 +150,8 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert f'score threshold {paper_rcnn.score_thr} and NMS {paper_rcnn.nms.iou_threshold} for all' in text
     assert '| ACoupleNet R-101 |' in text and '| Faster R-CNN R-101-C4, 300 proposals |' in text
     assert 'end to end' in text and '| backbone (s) | paired network (s) |' in text
-    assert f'| {statistics.median(results["acouplenet"]["paired_network_s"]):.4f} | ' in text
+    assert f'| {statistics.median_high(results["acouplenet"]["paired_network_s"]):.4f} | ' in text
+    assert 'median (the higher middle one of an even count) of 2 runs after 0 warm-up' in text
     # The table names the CPU and torch's kernel level for it, which set the times.
     assert f'{torch.backends.cpu.get_cpu_capability()}), ' in text.splitlines()[0]
     a, b = results['acouplenet']['paired_network_s'], results['faster-rcnn-300']['paired_network_s']
@@ -159,5 +162,6 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert bench.paired_ratios([2, 9, 3, 8], [1, 3, 1, 2]) == (2.75, 3.0, 3.25)
     assert bench.paired_ratios([6, 1, 4], [2, 1, 1]) == (2.0, 3.0, 3.5)
     assert bench.paired_ratios([3], [2]) == (1.5, 1.5, 1.5)
+    assert bench.paired_ratios([2, 5], [1, 1]) == (2.75, 3.5, 4.25)  # interpolated, unlike the median times
     with pytest.raises(SystemExit, match='--tf32 is a CUDA precision setting.*drop --tf32 or run with --device cuda'):
         bench.main(['--device', 'cpu', '--tf32', '--out', str(tmp_path)])

@@ -28,6 +28,10 @@ their networks alternately, model after model (the order rotating), N times, so 
 between runs seconds apart; the ratio lines then add the median of those N paired ratios and their
 quartiles. (Peak memory stays the per-model processes'.)
 
+Every median time here is ``statistics.median_high``: of an even count of runs, the higher of the two
+middle ones, a time some run took rather than the mean of two. The paired ratios are summarised by their
+interpolated quartiles, whose middle one is the ordinary median of the ratios.
+
 ``--profile`` adds where the time goes: ``torch.profiler`` over one ``_forward`` per model (first round),
 the top operators by self time on the device (CUDA kernels on a GPU), written to profile_<device>.txt.
 
@@ -239,13 +243,9 @@ def table(rows, device) -> str:
         gflops = f'{r["gflops"]:.0f}' if r.get('gflops') else '-'
         lines.append(f'| {MODELS[key][0]} | {r["latency_s"]:.4f} | {r["images_per_s"]:.2f} | '
                      f'{r["network_latency_s"]:.4f} | {r["backbone_latency_s"]:.4f} | '
-                     + (f'{statistics.median(r["paired_network_s"]):.4f} | ' if paired else '')
+                     + (f'{statistics.median_high(r["paired_network_s"]):.4f} | ' if paired else '')
                      + f'{r["peak_memory_mb"]:.0f} | {gflops} | {r["params_m"]:.1f} |')
     return '\n'.join(lines)
-
-
-def _median(values: list) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def summarize(rounds: list) -> dict:
@@ -255,18 +255,21 @@ def summarize(rounds: list) -> dict:
 
     latencies, network, backbone = pooled('latencies_s'), pooled('network_s'), pooled('backbone_s')
     result = dict(rounds[0])  # params and FLOPs (counted in the first round)
-    result.update(latencies_s=latencies, latency_s=_median(latencies),
+    result.update(latencies_s=latencies, latency_s=statistics.median_high(latencies),
                   mean_latency_s=sum(latencies) / len(latencies), images_per_s=len(latencies) / sum(latencies),
-                  round_latency_s=[_median(r['latencies_s']) for r in rounds],
-                  network_s=network, network_latency_s=_median(network),
-                  round_network_latency_s=[_median(r['network_s']) for r in rounds],
-                  backbone_s=backbone, backbone_latency_s=_median(backbone),
+                  round_latency_s=[statistics.median_high(r['latencies_s']) for r in rounds],
+                  network_s=network, network_latency_s=statistics.median_high(network),
+                  round_network_latency_s=[statistics.median_high(r['network_s']) for r in rounds],
+                  backbone_s=backbone, backbone_latency_s=statistics.median_high(backbone),
                   peak_memory_mb=max(r['peak_memory_mb'] for r in rounds))
     return result
 
 
 def paired_ratios(numerator: list, denominator: list) -> Tuple[float, float, float]:
-    """Median and quartiles of the round-by-round ratios ``numerator[i] / denominator[i]``."""
+    """Median and quartiles of the round-by-round ratios ``numerator[i] / denominator[i]``.
+
+    All three interpolate (``statistics.quantiles``, inclusive), so the median lies between the quartiles.
+    """
     values = [x / y for x, y in zip(numerator, denominator)]
     if len(values) < 2:
         return values[0], values[0], values[0]
@@ -369,7 +372,8 @@ def main(argv=None):
         host = host_info()
         device = f'cpu ({host["cpu"]}, {host["cpu_capability"]})'
     threads = args.threads or torch.get_num_threads()
-    runs = f'median of {args.runs} runs' + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else '')
+    runs = (f'median (the higher middle one of an even count) of {args.runs} runs'
+            + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else ''))
     rcnn = paper_rcnn_test_cfg()
     header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes, R-CNN score threshold '
               f'{rcnn.score_thr} and NMS {rcnn.nms.iou_threshold} for all; {runs} after {args.warmup} warm-up; {device}'
