@@ -129,6 +129,24 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     assert rows[3] == '| R-FCN (local only) | 30.0 | 33.0 | 31.5 | -5.0, +1.0 (mean -2.0) |'
 
 
+def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
+    """Each variant's overrides, merged as main_job merges ``--cfg-options``, change the built model."""
+    from mmengine.config import Config
+
+    from mmdet.registry import MODELS
+    bench = _load_tool('benchmark_shapes')
+    name, config, options = bench.MODELS['acouplenet-s16']
+    cfg = Config.fromfile(str(REPO / config))
+    assert MODELS.build(cfg.model).backbone.attention_stages == (0, 1, 2)  # the paper's three gates
+    cfg.merge_from_dict(options)
+    backbone = MODELS.build(cfg.model).backbone
+    assert backbone.attention_stages == (2,) and list(backbone.attention_blocks) == ['layer3']
+    name, config, options = bench.MODELS['acouplenet-att0.1']
+    cfg = Config.fromfile(str(REPO / config))
+    cfg.merge_from_dict(options)
+    assert MODELS.build(cfg.model).loss_attention.loss_weight == 0.1
+
+
 def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
     main_job = _load_tool('main_job')
     (tmp_path / 'shapes').mkdir()

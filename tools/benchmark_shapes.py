@@ -29,9 +29,12 @@ MODELS = {
     'rfcn': ('R-FCN (local only)', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py', {}),
     'global': ('Global only', 'configs/shapes/couplenet-global-only_r18-w32_1xb4-2k_shapes.py', {}),
     'faster-rcnn': ('Faster R-CNN C4 (mmdet)', 'configs/shapes/faster-rcnn_r18-w32-c4_1xb4-2k_shapes.py', {}),
-    # The README's investigation: the paper's attention loss weight (1) is heavy for a small backbone.
+    # The README's investigation: the paper's attention loss weight (1) is heavy for a small backbone, and its
+    # three gates in series close on small objects where one gate (stride 16, res_layers[2]) leaves them open.
     'acouplenet-att0.1': ('ACoupleNet, attention loss weight 0.1', ACOUPLENET,
                           {'model.loss_attention.loss_weight': 0.1}),
+    'acouplenet-s16': ('ACoupleNet, attention at stride 16 only', ACOUPLENET,
+                       {'model.backbone.attention_stages': [2]}),
 }
 DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'global', 'faster-rcnn']
 
