@@ -135,16 +135,18 @@ def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
 
     from mmdet.registry import MODELS
     bench = _load_tool('benchmark_shapes')
-    name, config, options = bench.MODELS['acouplenet-s16']
-    cfg = Config.fromfile(str(REPO / config))
-    assert MODELS.build(cfg.model).backbone.attention_stages == (0, 1, 2)  # the paper's three gates
-    cfg.merge_from_dict(options)
-    backbone = MODELS.build(cfg.model).backbone
+
+    def built(key, with_overrides=True):
+        _, config, options = bench.MODELS[key]
+        cfg = Config.fromfile(str(REPO / config))
+        if with_overrides:
+            cfg.merge_from_dict(options)
+        return MODELS.build(cfg.model)
+
+    assert built('acouplenet-s16', with_overrides=False).backbone.attention_stages == (0, 1, 2)  # the paper's
+    backbone = built('acouplenet-s16').backbone
     assert backbone.attention_stages == (2,) and list(backbone.attention_blocks) == ['layer3']
-    name, config, options = bench.MODELS['acouplenet-att0.1']
-    cfg = Config.fromfile(str(REPO / config))
-    cfg.merge_from_dict(options)
-    assert MODELS.build(cfg.model).loss_attention.loss_weight == 0.1
+    assert built('acouplenet-att0.1').loss_attention.loss_weight == 0.1
 
 
 def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
