@@ -248,9 +248,12 @@ def test_mim_train_and_test_from_the_repo_root(tmp_path, tiny_shapes):
     work_dir = tmp_path / 'mim'
     _run([mim, 'train', 'mmdet', str(config), '--gpus', '0', '--work-dir', str(work_dir)], env=env)
     assert (work_dir / 'iter_2.pth').is_file()
+    # --show-dir: mmdet's DetVisualizationHook draws every test image's detections (mim passes it through).
     result = _run([mim, 'test', 'mmdet', str(config), '--checkpoint', str(work_dir / 'iter_2.pth'), '--gpus', '0',
-                   '--work-dir', str(tmp_path / 'mim_test')], env=env)
+                   '--work-dir', str(tmp_path / 'mim_test'), '--show-dir', 'vis'], env=env)
     assert 'coco/bbox_mAP' in result.stdout + result.stderr
+    drawn = list((tmp_path / 'mim_test').glob('*/vis/*.jpg'))
+    assert len(drawn) == 4, drawn  # the tiny val split's four images
 
 
 def test_amp_on_cpu_says_why_not(tmp_path):
