@@ -46,7 +46,8 @@ def _resolves(name):
 
     from mmdet.registry import DATA_SAMPLERS, METRICS, TASK_UTILS
     registries = (MODELS, TASK_UTILS, DATASETS, TRANSFORMS, DATA_SAMPLERS, METRICS, WEIGHT_INITIALIZERS)
-    return name == 'nms' or name in PS_ROI_LAYERS or hasattr(ops, name) or any(r.get(name) is not None for r in registries)
+    return (name == 'nms' or name in PS_ROI_LAYERS or hasattr(ops, name)
+            or any(r.get(name) is not None for r in registries))
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=_config_id)

@@ -46,7 +46,8 @@ def _branch_outputs(head, local_bins, global_feats):
     local_cls, local_reg = votes[:, :head.cls_dim], votes[:, head.cls_dim:]
     g = F.relu(F.conv2d(global_feats, head.global_conv.weight, head.global_conv.bias))
     g = F.relu(F.conv2d(g, head.global_fc.weight, head.global_fc.bias)).flatten(1)
-    return (local_cls, local_reg), (g @ head.fc_cls.weight.T + head.fc_cls.bias, g @ head.fc_reg.weight.T + head.fc_reg.bias)
+    global_out = (g @ head.fc_cls.weight.T + head.fc_cls.bias, g @ head.fc_reg.weight.T + head.fc_reg.bias)
+    return (local_cls, local_reg), global_out
 
 
 @pytest.mark.parametrize('normalization,coupling', list(itertools.product(NORMALIZATIONS, COUPLINGS)))

@@ -30,7 +30,8 @@ def _load_tool(name):
 
 def _run(cmd, timeout=600, env=None, cwd=REPO):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}'
+    command = ' '.join(map(str, cmd))
+    assert result.returncode == 0, f'{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}'
     return result
 
 

@@ -54,8 +54,8 @@ MODELS = {
     'acouplenet': ('ACoupleNet R-101', 'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 300),
     'couplenet': ('CoupleNet R-101', 'configs/acouplenet/couplenet_r101_4xb1-ms-580k_coco.py', 300),
     'rfcn': ('R-FCN R-101 (local branch)', 'configs/acouplenet/ablations/rfcn_r101_1xb2-110k_voc0712.py', 300),
-    'faster-rcnn-300': ('Faster R-CNN R-101-C4, 300 proposals', 'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py',
-                        300),
+    'faster-rcnn-300': ('Faster R-CNN R-101-C4, 300 proposals',
+                        'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py', 300),
     'faster-rcnn-1000': ('Faster R-CNN R-101-C4, 1000 proposals (mmdet default)',
                          'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py', 1000),
 }

@@ -43,7 +43,8 @@ def _check_kwargs(kwargs: dict) -> None:
         'self', 'with_avg_pool', 'with_cls', 'with_reg', 'roi_feat_size', 'in_channels'}
     unknown = sorted(set(kwargs) - passed_through)
     if unknown:
-        known = sorted(passed_through | set(inspect.signature(CoupledBBoxHead.__init__).parameters) - {'self', 'kwargs'})
+        own = set(inspect.signature(CoupledBBoxHead.__init__).parameters) - {'self', 'kwargs'}
+        known = sorted(passed_through | own)
         hints = []
         for key in unknown:
             close = difflib.get_close_matches(key, known, n=1)
