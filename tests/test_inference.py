@@ -165,3 +165,67 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert bench.paired_ratios([2, 5], [1, 1]) == (2.75, 3.5, 4.25)  # interpolated, unlike the median times
     with pytest.raises(SystemExit, match='--tf32 is a CUDA precision setting.*drop --tf32 or run with --device cuda'):
         bench.main(['--device', 'cpu', '--tf32', '--out', str(tmp_path)])
+
+
+def _mirrored(bboxes, width):
+    """(n, 4) boxes of an image -> the same boxes in its horizontal mirror image."""
+    return np.stack([width - bboxes[:, 2], bboxes[:, 1], width - bboxes[:, 0], bboxes[:, 3]], axis=1)
+
+
+def _by_score(pred):
+    order = np.argsort(-np.asarray(pred['scores']), kind='stable')
+    return {k: np.asarray(pred[k])[order] for k in ('bboxes', 'scores', 'labels')}
+
+
+def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_shapes, tmp_path):
+    """tools/test.py --tta (mmdet's flip TTA when the config has none): each image's detections are one NMS
+    over its unflipped and flipped views, so an image and its mirror image get mirrored detections, which
+    plain testing does not give (the network is not flip-equivariant), and the evaluation runs on them."""
+    import mmengine
+    spec = importlib.util.spec_from_file_location('test_tool', REPO / 'tools' / 'test.py')
+    test_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_tool)
+    val = json.loads((tiny_shapes / 'annotations' / 'instances_val.json').read_text())
+    image = next(i for i in val['images'] if any(a['image_id'] == i['id'] for a in val['annotations']))
+    width = image['width']
+    pixels = mmcv.imread(str(tiny_shapes / 'val' / image['file_name']))
+    (tmp_path / 'val').mkdir()
+    mmcv.imwrite(pixels, str(tmp_path / 'val' / 'image.png'))  # lossless: the mirror is exact
+    mmcv.imwrite(pixels[:, ::-1], str(tmp_path / 'val' / 'mirror.png'))
+    annotations = []
+    for image_id in (1, 2):
+        for a in (a for a in val['annotations'] if a['image_id'] == image['id']):
+            x, y, w, h = a['bbox']
+            annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=a['category_id'],
+                                    bbox=[x if image_id == 1 else width - x - w, y, w, h], area=w * h, iscrowd=0))
+    (tmp_path / 'val.json').write_text(json.dumps(dict(
+        images=[dict(image, id=1, file_name='image.png'), dict(image, id=2, file_name='mirror.png')],
+        annotations=annotations, categories=val['categories'])))
+    loader = f"dict(num_workers=0, persistent_workers=False, dataset=dict(data_root='{tmp_path}/', " \
+             f"ann_file='val.json', data_prefix=dict(img='val/')))"
+    config = tmp_path / 'mirror_test.py'
+    config.write_text(f"_base_ = '{SHAPES_CONFIG}'\nval_dataloader = {loader}\ntest_dataloader = {loader}\n"
+                      f"test_evaluator = dict(ann_file='{tmp_path}/val.json')\n")
+
+    def detections(*extra):
+        out = tmp_path / f'preds{len(extra)}.pkl'
+        metrics = test_tool.main([str(config), str(checkpoint), '--work-dir', str(tmp_path / 'work'),
+                                  '--out', str(out), *extra])
+        assert 'coco/bbox_mAP' in metrics
+        preds = sorted(mmengine.load(str(out)), key=lambda p: p['img_id'])
+        return [_by_score(p['pred_instances']) for p in preds]
+
+    plain, mirror_plain = detections()
+    tta, mirror_tta = detections('--tta')
+    assert 0 < len(tta['scores']) <= 100 and len(tta['scores']) == len(mirror_tta['scores'])
+    np.testing.assert_array_equal(tta['labels'], mirror_tta['labels'])
+    np.testing.assert_allclose(tta['scores'], mirror_tta['scores'], rtol=1e-6)
+    np.testing.assert_allclose(_mirrored(tta['bboxes'], width), mirror_tta['bboxes'], atol=1e-3)
+    assert len(plain['scores']) != len(mirror_plain['scores']) or \
+        not np.allclose(plain['scores'], mirror_plain['scores'], rtol=1e-6)
+
+    from projects.acouplenet.runtime import apply_tta
+    cfg = Config.fromfile(str(config))
+    cfg.test_dataloader.dataset.pipeline = cfg.test_dataloader.dataset.pipeline[:-1]  # no PackDetInputs last
+    with pytest.raises(ValueError, match=r'ends with LoadAnnotations\. Add a tta_pipeline to the config'):
+        apply_tta(cfg)

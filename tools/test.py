@@ -1,7 +1,7 @@
 """Test (and evaluate) a checkpoint: mmdet's ``tools/test.py`` with the same arguments.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show-dir DIR]
-                                          [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+                                          [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}] [--tta]
 """
 import argparse
 import os
@@ -16,7 +16,7 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
-from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg  # noqa: E402
+from projects.acouplenet.runtime import apply_tta, init_cpu_distributed, prepare_cfg  # noqa: E402
 from projects.acouplenet.safe_loading import assert_checkpoint_fits  # noqa: E402
 
 
@@ -33,6 +33,9 @@ def parse_args(argv=None):
                         help='override settings of the config, as key=value pairs (mmdet syntax)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation: the config\'s tta_model / tta_pipeline, else mmdet\'s '
+                             'horizontal flip merged by NMS')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -57,6 +60,8 @@ def main(argv=None):
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        apply_tta(cfg)
     prepare_cfg(cfg)
     init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

@@ -1,6 +1,7 @@
 """Adjustments of a loaded config: to the machine it runs on (tools/train.py, tools/test.py) and to a
 data folder and run length (the main job, the benchmarks, the tests); the machine's description that
 reports record."""
+import copy
 import os.path as osp
 
 import torch
@@ -37,6 +38,38 @@ def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
                 'Drop --amp to train in fp32 on the CPU, or run on a GPU.')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+    return cfg
+
+
+def apply_tta(cfg: Config) -> Config:
+    """Test with test-time augmentation (``tools/test.py --tta``), in place, as mmdet's ``tools/test.py``.
+
+    The config's own ``tta_model`` and ``tta_pipeline`` are used when it has
+    them; otherwise mmdet's defaults: each image tested as it is and flipped
+    horizontally, the two detection sets merged by NMS at IoU 0.5, 100 kept.
+    The paper reports single-scale, unflipped testing (Sec. IV-A): TTA is a
+    user's option, not part of the method.
+    """
+    if 'tta_model' not in cfg:
+        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
+                                                              max_per_img=100))
+    if 'tta_pipeline' not in cfg:
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:  # wrappers (ConcatDataset, RepeatDataset, ...) hold the pipeline inside
+            dataset = dataset.dataset
+        pipeline = copy.deepcopy(dataset.pipeline)
+        if not pipeline or pipeline[-1].get('type') != 'PackDetInputs':
+            raise ValueError('--tta without a tta_pipeline in the config replaces the test pipeline\'s last step, '
+                             'PackDetInputs, by flipped and unflipped copies; this test pipeline ends with '
+                             f'{pipeline[-1].get("type") if pipeline else "nothing"}. Add a tta_pipeline to the '
+                             'config (see mmdet\'s configs/retinanet/retinanet_tta.py)')
+        meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
+        pipeline[-1] = dict(type='TestTimeAug',
+                            transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                                        [dict(type='PackDetInputs', meta_keys=meta_keys)]])
+        cfg.tta_pipeline = pipeline
+    cfg.model = dict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     return cfg
 
 

@@ -62,7 +62,11 @@ def checkpoint_mismatch(model: torch.nn.Module, checkpoint: str) -> dict:
         dict: ``missing`` (in the model, not the checkpoint), ``unexpected``
         (in the checkpoint, not the model) and ``mismatched`` (``(key,
         checkpoint shape, model shape)``) lists, and ``matched`` (count).
+        A DDP- or TTA-wrapped ``model`` is compared by its inner detector.
     """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    if is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module  # a checkpoint holds the inner detector (mmengine's load_state_dict unwraps alike)
     ckpt = torch.load(checkpoint, map_location='cpu')
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
