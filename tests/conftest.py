@@ -108,6 +108,15 @@ def tiny_shapes(tmp_path_factory):
     return root
 
 
+def load_tool(name):
+    """``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def tiny_train_cfg(data_root, work_dir, iters, config=SHAPES_CONFIG, batch_size=2, random_flip=True):
     """A real config shortened to ``iters`` on a tiny dataset, single process, no data workers."""
     from mmengine.config import Config

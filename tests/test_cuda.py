@@ -6,8 +6,9 @@ project's own pools (``RangeMaxRoIPool``, ``GatherRoIAlign``): matching outputs 
 import pytest
 import torch
 
+from .conftest import load_tool
 from .test_detector import _batch, _model
-from .test_training import _load_tool, _scalars, _tiny_config_file
+from .test_training import _scalars, _tiny_config_file
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
@@ -105,7 +106,7 @@ def test_train_with_amp_on_cuda(tmp_path, tiny_shapes):
     """``tools/train.py --amp``: fp16 autocast and mmengine's grad scaler, then a COCO evaluation."""
     config = _tiny_config_file(tmp_path, tiny_shapes, iters=4)
     work_dir = tmp_path / 'amp'
-    _load_tool('train').main([str(config), '--amp', '--work-dir', str(work_dir)])
+    load_tool('train').main([str(config), '--amp', '--work-dir', str(work_dir)])
     scalars = _scalars(work_dir)
     train = [s for s in scalars if 'loss' in s]
     assert len(train) == 4 and all(torch.isfinite(torch.tensor(s['loss'])) for s in train)

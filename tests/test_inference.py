@@ -1,5 +1,4 @@
 """Inference like an MMDetection user: DetInferencer, init_detector / inference_detector and the demo."""
-import importlib.util
 import json
 import statistics
 
@@ -13,7 +12,7 @@ from mmdet.apis import DetInferencer, inference_detector, init_detector
 from mmdet.registry import MODELS
 from projects.acouplenet.visualization import predict_with_attention
 
-from .conftest import REPO, SHAPES_CONFIG
+from .conftest import REPO, SHAPES_CONFIG, load_tool
 
 
 @pytest.fixture(scope='module')
@@ -69,9 +68,7 @@ def test_predict_with_attention_gives_three_maps_over_the_image(checkpoint, imag
 
 
 def test_demo_writes_the_figure(checkpoint, images, tmp_path):
-    spec = importlib.util.spec_from_file_location('demo', REPO / 'tools' / 'demo.py')
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_tool('demo')
     out = demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out',
                               str(tmp_path / 'fig.png')])
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
@@ -107,9 +104,7 @@ def test_attention_in_boxes_against_a_hand_drawn_map():
 
 
 def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
-    spec = importlib.util.spec_from_file_location('attention_stats', REPO / 'tools' / 'attention_stats.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('attention_stats')
     out = tmp_path / 'stats.json'
     rows = tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tiny_shapes), '--out', str(out)])
     assert json.loads(out.read_text()) == rows
@@ -125,9 +120,7 @@ def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
 
 def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp_path):
     """tools/benchmark_speed.py at a tiny input: one table, three latencies, one R-CNN test setting for all."""
-    spec = importlib.util.spec_from_file_location('benchmark_speed', REPO / 'tools' / 'benchmark_speed.py')
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_tool('benchmark_speed')
     paper_rcnn = Config.fromfile(str(REPO / bench.MODELS['acouplenet'][1])).model.test_cfg.rcnn
     # mmdet's C4 default post-processes differently (score_thr 0.05, NMS 0.5): the benchmark overrides it.
     assert Config.fromfile(str(REPO / bench.MODELS['faster-rcnn-300'][1])).model.test_cfg.rcnn != paper_rcnn
@@ -182,9 +175,7 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_
     over its unflipped and flipped views, so an image and its mirror image get mirrored detections, which
     plain testing does not give (the network is not flip-equivariant), and the evaluation runs on them."""
     import mmengine
-    spec = importlib.util.spec_from_file_location('test_tool', REPO / 'tools' / 'test.py')
-    test_tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_tool)
+    test_tool = load_tool('test')
     val = json.loads((tiny_shapes / 'annotations' / 'instances_val.json').read_text())
     image = next(i for i in val['images'] if any(a['image_id'] == i['id'] for a in val['annotations']))
     width = image['width']

@@ -1,6 +1,5 @@
 """Training like an MMDetection user, on a tiny generated dataset: the main job, loss going down,
 exact resume, DDP on CPU, mim, AMP on CPU and the NaN guard."""
-import importlib.util
 import json
 import math
 import os
@@ -16,16 +15,9 @@ from mmengine.runner import Runner
 from mmdet.registry import HOOKS
 from projects.acouplenet.shapes import fingerprint
 
-from .conftest import REPO, SHAPES_CONFIG, tiny_train_cfg
+from .conftest import REPO, SHAPES_CONFIG, load_tool, tiny_train_cfg
 
 PYTHON = sys.executable
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(cmd, timeout=600, env=None, cwd=REPO):
@@ -62,7 +54,7 @@ def _scalars(work_dir):
 
 
 def test_main_job_end_to_end(tmp_path, tiny_shapes):
-    main_job = _load_tool('main_job')
+    main_job = load_tool('main_job')
     work_dir = tmp_path / 'main_job'
     report = main_job.main(['--work-dir', str(work_dir), '--data-root', str(tiny_shapes), '--iters', '4',
                             '--figure-images', '2', '--cfg-options', 'model.loss_attention.loss_weight=0.5'])
@@ -91,7 +83,7 @@ def test_main_job_end_to_end(tmp_path, tiny_shapes):
 
 
 def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tmp_path, tiny_shapes):
-    bench = _load_tool('benchmark_shapes')
+    bench = load_tool('benchmark_shapes')
     args = ['--models', 'rfcn', '--iters', '2', '--data-root', str(tiny_shapes), '--work-dir', str(tmp_path)]
     reports = bench.main(args + ['--seed', '0', '1'])
     assert [reports[s]['rfcn']['seed'] for s in (0, 1)] == [0, 1]
@@ -135,7 +127,7 @@ def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
     from mmengine.config import Config
 
     from mmdet.registry import MODELS
-    bench = _load_tool('benchmark_shapes')
+    bench = load_tool('benchmark_shapes')
 
     def built(key, with_overrides=True):
         _, config, options = bench.MODELS[key]
@@ -151,7 +143,7 @@ def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
 
 
 def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
-    main_job = _load_tool('main_job')
+    main_job = load_tool('main_job')
     (tmp_path / 'shapes').mkdir()
     (tmp_path / 'shapes' / 'something.txt').write_text('not a dataset')
     with pytest.raises(RuntimeError, match='no complete generated dataset'):
@@ -260,7 +252,7 @@ def test_mim_train_and_test_from_the_repo_root(tmp_path, tiny_shapes):
 def test_amp_on_cpu_says_why_not(tmp_path):
     if torch.cuda.is_available():
         pytest.skip('a CUDA machine runs AMP')
-    train = _load_tool('train')
+    train = load_tool('train')
     from projects.acouplenet.runtime import AmpUnavailableError
     with pytest.raises(AmpUnavailableError, match='--amp needs a CUDA GPU.*Drop --amp'):
         train.main([str(SHAPES_CONFIG), '--amp', '--work-dir', str(tmp_path)])
