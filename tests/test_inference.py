@@ -216,6 +216,11 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_
         not np.allclose(plain['scores'], mirror_plain['scores'], rtol=1e-6)
 
     from projects.acouplenet.runtime import apply_tta
+    wrapped = Config.fromfile(str(config))  # a dataset wrapper: the TTA pipeline goes to the inner dataset
+    wrapped.test_dataloader.dataset = dict(type='RepeatDataset', times=1, dataset=wrapped.test_dataloader.dataset)
+    apply_tta(wrapped)
+    assert 'pipeline' not in wrapped.test_dataloader.dataset
+    assert wrapped.test_dataloader.dataset.dataset.pipeline[-1]['type'] == 'TestTimeAug'
     cfg = Config.fromfile(str(config))
     cfg.test_dataloader.dataset.pipeline = cfg.test_dataloader.dataset.pipeline[:-1]  # no PackDetInputs last
     with pytest.raises(ValueError, match=r'ends with LoadAnnotations\. Add a tta_pipeline to the config'):

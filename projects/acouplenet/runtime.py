@@ -53,10 +53,12 @@ def apply_tta(cfg: Config) -> Config:
     if 'tta_model' not in cfg:
         cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
                                                               max_per_img=100))
+    # Wrappers (ClassBalancedDataset, RepeatDataset, ...) hold the dataset that has the pipeline; the TTA
+    # pipeline goes there too (mmdet's test.py sets it on the outer dict, which a wrapper does not accept).
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:
+        dataset = dataset.dataset
     if 'tta_pipeline' not in cfg:
-        dataset = cfg.test_dataloader.dataset
-        while 'dataset' in dataset:  # wrappers (ConcatDataset, RepeatDataset, ...) hold the pipeline inside
-            dataset = dataset.dataset
         pipeline = copy.deepcopy(dataset.pipeline)
         if not pipeline or pipeline[-1].get('type') != 'PackDetInputs':
             raise ValueError('--tta without a tta_pipeline in the config replaces the test pipeline\'s last step, '
@@ -69,7 +71,7 @@ def apply_tta(cfg: Config) -> Config:
                                         [dict(type='PackDetInputs', meta_keys=meta_keys)]])
         cfg.tta_pipeline = pipeline
     cfg.model = dict(**cfg.tta_model, module=cfg.model)
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    dataset.pipeline = cfg.tta_pipeline
     return cfg
 
 
