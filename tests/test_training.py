@@ -137,8 +137,10 @@ def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
         return MODELS.build(cfg.model)
 
     assert built('acouplenet-s16', with_overrides=False).backbone.attention_stages == (0, 1, 2)  # the paper's
-    backbone = built('acouplenet-s16').backbone
-    assert backbone.attention_stages == (2,) and list(backbone.attention_blocks) == ['layer3']
+    for key, stage, layer in (('acouplenet-s4', 0, 'layer1'), ('acouplenet-s8', 1, 'layer2'),
+                              ('acouplenet-s16', 2, 'layer3')):
+        backbone = built(key).backbone
+        assert backbone.attention_stages == (stage,) and list(backbone.attention_blocks) == [layer]
     assert built('acouplenet-att0.1').loss_attention.loss_weight == 0.1
 
 

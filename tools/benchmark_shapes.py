@@ -33,6 +33,11 @@ MODELS = {
     # three gates in series close on small objects where one gate (stride 16, res_layers[2]) leaves them open.
     'acouplenet-att0.1': ('ACoupleNet, attention loss weight 0.1', ACOUPLENET,
                           {'model.loss_attention.loss_weight': 0.1}),
+    # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
+    'acouplenet-s4': ('ACoupleNet, attention at stride 4 only', ACOUPLENET,
+                      {'model.backbone.attention_stages': [0]}),
+    'acouplenet-s8': ('ACoupleNet, attention at stride 8 only', ACOUPLENET,
+                      {'model.backbone.attention_stages': [1]}),
     'acouplenet-s16': ('ACoupleNet, attention at stride 16 only', ACOUPLENET,
                        {'model.backbone.attention_stages': [2]}),
 }
