@@ -30,16 +30,13 @@ MODELS = {
     'global': ('Global only', 'configs/shapes/couplenet-global-only_r18-w32_1xb4-2k_shapes.py', {}),
     'faster-rcnn': ('Faster R-CNN C4 (mmdet)', 'configs/shapes/faster-rcnn_r18-w32-c4_1xb4-2k_shapes.py', {}),
     # The README's investigation: the paper's attention loss weight (1) is heavy for a small backbone, and its
-    # three gates in series close on small objects where one gate (stride 16, res_layers[2]) leaves them open.
+    # three gates in series close on small objects where any one gate alone leaves them open.
     'acouplenet-att0.1': ('ACoupleNet, attention loss weight 0.1', ACOUPLENET,
                           {'model.loss_attention.loss_weight': 0.1}),
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
-    'acouplenet-s4': ('ACoupleNet, attention at stride 4 only', ACOUPLENET,
-                      {'model.backbone.attention_stages': [0]}),
-    'acouplenet-s8': ('ACoupleNet, attention at stride 8 only', ACOUPLENET,
-                      {'model.backbone.attention_stages': [1]}),
-    'acouplenet-s16': ('ACoupleNet, attention at stride 16 only', ACOUPLENET,
-                       {'model.backbone.attention_stages': [2]}),
+    **{f'acouplenet-s{stride}': (f'ACoupleNet, attention at stride {stride} only', ACOUPLENET,
+                                 {'model.backbone.attention_stages': [stage]})
+       for stage, stride in enumerate((4, 8, 16))},
 }
 DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'global', 'faster-rcnn']
 
