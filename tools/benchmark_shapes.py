@@ -29,8 +29,9 @@ MODELS = {
     'rfcn': ('R-FCN (local only)', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py', {}),
     'global': ('Global only', 'configs/shapes/couplenet-global-only_r18-w32_1xb4-2k_shapes.py', {}),
     'faster-rcnn': ('Faster R-CNN C4 (mmdet)', 'configs/shapes/faster-rcnn_r18-w32-c4_1xb4-2k_shapes.py', {}),
-    # The README's investigation: the paper's attention loss weight (1) is heavy for a small backbone, and its
-    # three gates in series close on small objects where any one gate alone leaves them open.
+    # The investigation of docs/shapes_experiments.md: the paper's attention loss weight (1) is heavy for a
+    # small backbone, and its three gates in series close on small objects where any one gate alone leaves
+    # them open.
     'acouplenet-att0.1': ('ACoupleNet, attention loss weight 0.1', ACOUPLENET,
                           {'model.loss_attention.loss_weight': 0.1}),
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
