@@ -58,6 +58,32 @@ def test_gating_multiplies_stage_output_before_next_stage(gate):
     assert not backbone.layer2._forward_hooks
 
 
+def test_branch_gating_gates_the_last_residual_branch_before_the_shortcut():
+    backbone = _backbone(stages=(1, ), attention_gate='branch')
+    backbone.init_weights()
+    backbone.eval()
+    x = torch.randn(2, 3, 64, 96)
+    feats, logits = backbone.forward_with_attention(x)
+    with torch.no_grad():
+        f = backbone.maxpool(backbone.relu(backbone.norm1(backbone.conv1(x))))
+        f = backbone.layer2[0](backbone.layer1(f))
+        last = backbone.layer2[1]  # a BasicBlock without downsampling: the shortcut is f itself
+        branch = last.norm2(last.conv2(last.relu(last.norm1(last.conv1(f)))))
+        logit = backbone.attention_blocks['layer2'](branch)
+        f = torch.relu(f + branch * torch.sigmoid(logit))
+        c4 = backbone.layer3(f)
+    assert len(logits) == 1 and logits[0].shape == (2, 1, 8, 12)
+    torch.testing.assert_close(logits[0], logit)
+    torch.testing.assert_close(feats[0], c4)
+    assert not last.norm2._forward_hooks
+
+
+def test_branch_gating_refuses_checkpointed_blocks():
+    with pytest.raises(ValueError, match="attention_gate='branch' cannot gate stage 'layer1'.*with_cp=True; "
+                                         "set with_cp=False"):
+        _backbone(stages=(0, ), resnet=dict(RESNET, with_cp=True), attention_gate='branch')
+
+
 def test_attention_maps_are_not_in_the_feature_tuple():
     backbone = _backbone()
     feats, logits = backbone.forward_with_attention(torch.randn(1, 3, 64, 64))
@@ -91,7 +117,7 @@ def test_bad_attention_stages(stages):
 
 def test_bad_attention_gate():
     with pytest.raises(ValueError, match=r"attention_gate='sum' is not supported; use one of "
-                                         r"\('product', 'residual'\)"):
+                                         r"\('product', 'residual', 'branch'\)"):
         _backbone(attention_gate='sum')
 
 

@@ -34,6 +34,10 @@ MODELS = {
     # them open.
     'acouplenet-att0.1': ('ACoupleNet, attention loss weight 0.1', ACOUPLENET,
                           {'model.loss_attention.loss_weight': 0.1}),
+    # The paper's "inserted in each stage's last residual block" read literally: the three maps gate the last
+    # blocks' residual branches, and the shortcuts pass the ungated features on.
+    'acouplenet-branch': ('ACoupleNet, gates on the last residual branches', ACOUPLENET,
+                          {'model.backbone.attention_gate': 'branch'}),
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
     **{f'acouplenet-s{stride}': (f'ACoupleNet, attention at stride {stride} only', ACOUPLENET,
                                  {'model.backbone.attention_stages': [stage]})

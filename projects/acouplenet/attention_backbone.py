@@ -3,6 +3,7 @@
 After the last residual block of selected stages, an :class:`AttentionBlock`
 predicts a class-agnostic foreground map ``A`` from the stage output ``f`` and
 the next stage receives ``A * f`` (``A`` broadcast over channels, eq. 3).
+Two ablations of where and how the map gates are selectable (``attention_gate``).
 
 ``AttentionBackbone(backbone=dict(type='ResNet', ...))`` builds an instance of
 a subclass of the wrapped class (``AttentionResNet`` for ``ResNet``) rather
@@ -23,7 +24,7 @@ from mmdet.registry import MODELS
 
 # mmdet names the stages layer1..layer4; the paper names them conv2..conv5.
 STAGE_NAMES = ('conv2', 'conv3', 'conv4', 'conv5')
-ATTENTION_GATES = ('product', 'residual')
+ATTENTION_GATES = ('product', 'residual', 'branch')
 
 
 class AttentionBlock(BaseModule):
@@ -48,18 +49,38 @@ class AttentionBlock(BaseModule):
         return self.conv2(self.relu(self.conv1(x)))
 
 
-def _stage_out_channels(stage: nn.Module, stage_name: str) -> int:
-    """Output channels of a residual stage: those of its last block's last conv."""
+def _last_block(stage: nn.Module, stage_name: str) -> Tuple[nn.Module, int]:
+    """A residual stage's last block and the index i of its last ``conv<i>``."""
     try:
         block = stage[-1]
     except (TypeError, IndexError) as exc:
         raise TypeError(f'stage {stage_name!r} is not a sequence of residual blocks') from exc
-    convs = [name for name, _ in block.named_children() if re.fullmatch(r'conv\d+', name)]
+    convs = [int(name[4:]) for name, _ in block.named_children() if re.fullmatch(r'conv\d+', name)]
     if not convs:
         raise TypeError(f'cannot find the output convolution of stage {stage_name!r}: its last block '
                         f'({type(block).__name__}) has no conv1/conv2/conv3 children')
-    last = max(convs, key=lambda name: int(name[4:]))
-    return getattr(block, last).out_channels
+    return block, max(convs)
+
+
+def _stage_out_channels(stage: nn.Module, stage_name: str) -> int:
+    """Output channels of a residual stage: those of its last block's last conv."""
+    block, last = _last_block(stage, stage_name)
+    return getattr(block, f'conv{last}').out_channels
+
+
+def _residual_branch_end(stage: nn.Module, stage_name: str) -> nn.Module:
+    """The norm after the last conv of a stage's last block: the end of its residual branch F(x)."""
+    block, last = _last_block(stage, stage_name)
+    if getattr(block, 'with_cp', False):
+        # Checkpointing re-runs the block in the backward pass, and the hook with it.
+        raise ValueError(f"attention_gate='branch' cannot gate stage {stage_name!r}: its blocks use "
+                         f"with_cp=True; set with_cp=False or use attention_gate='product'")
+    norm = getattr(block, f'norm{last}', None)
+    if not isinstance(norm, nn.Module):
+        raise TypeError(f"attention_gate='branch' needs the last block of stage {stage_name!r} to end its "
+                        f"residual branch with conv<i> and norm<i> (mmdet's BasicBlock and Bottleneck); "
+                        f"{type(block).__name__} has no norm{last}: use attention_gate='product'")
+    return norm
 
 
 class AttentionMixin:
@@ -80,7 +101,12 @@ class AttentionMixin:
             'product' gives ``A * f`` (the paper's eq. 3); 'residual' gives
             ``(1 + A) * f`` (Residual Attention Network, Wang et al., CVPR
             2017), which amplifies the foreground without erasing the
-            background, an ablation of the gating in series.
+            background, an ablation of the gating in series; 'branch' gates
+            the residual branch F(x) of the stage's last block before its
+            shortcut is added, ``relu(x + A * F(x))`` with A predicted from
+            F(x), which reads the paper's "inserted in each stage's last
+            residual block" literally: the shortcut passes the ungated
+            features on, so the gates of successive stages do not compound.
         **kwargs: Arguments of the wrapped backbone class.
     """
 
@@ -104,6 +130,9 @@ class AttentionMixin:
                              f'{num_stages} stages: use distinct stage indices from {named}, '
                              f'or () for no attention')
         self.attention_stages = tuple(sorted(stages))
+        if attention_gate == 'branch':
+            for i in self.attention_stages:  # fail at build time, not at the first forward
+                _residual_branch_end(getattr(self, self.res_layers[i]), self.res_layers[i])
         if self.attention_stages:
             self.attention_blocks = ModuleDict({  # mmengine's, so init_weights reaches the blocks
                 self.res_layers[i]: AttentionBlock(
@@ -141,10 +170,15 @@ class AttentionMixin:
                 return output * (attention + 1 if self.attention_gate == 'residual' else attention)
             return hook
 
-        # Hooks on the stages let the wrapped class's own forward run unchanged
+        # Hooks on the stages (for 'branch', on the norm that ends each stage's
+        # last residual branch) let the wrapped class's own forward run unchanged
         # (deep stems, RegNet's stem without max-pool, plugins). They live only
         # for this call, so the module carries no per-batch state.
-        handles = [getattr(self, name).register_forward_hook(gate(name)) for name in self.attention_blocks]
+        def gated_module(name: str) -> nn.Module:
+            stage = getattr(self, name)
+            return _residual_branch_end(stage, name) if self.attention_gate == 'branch' else stage
+
+        handles = [gated_module(name).register_forward_hook(gate(name)) for name in self.attention_blocks]
         try:
             feats = super().forward(x)
         finally:
@@ -183,8 +217,9 @@ def AttentionBackbone(backbone: dict, attention_stages: Sequence[int] = (0, 1, 2
             ``dict(type='ResNet', depth=101, ...)``.
         attention_stages (Sequence[int]): See :class:`AttentionMixin`.
         attention_channels (int): Hidden channels of each attention block.
-        attention_gate (str): 'product' (``A * f``, the paper's) or
-            'residual' (``(1 + A) * f``); see :class:`AttentionMixin`.
+        attention_gate (str): 'product' (``A * f``, the paper's),
+            'residual' (``(1 + A) * f``) or 'branch' (``A`` gates the last
+            block's residual branch); see :class:`AttentionMixin`.
 
     Returns:
         nn.Module: An instance of ``Attention<Type>``, a subclass of the
