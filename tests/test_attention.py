@@ -35,16 +35,23 @@ def test_weights_layout_matches_wrapped_backbone():
     assert with_attention.attention_blocks['layer3'].conv1.in_channels == 256  # conv4 of ResNet-18
 
 
-@pytest.mark.parametrize('gate', ['product', 'residual'])
-def test_gating_multiplies_stage_output_before_next_stage(gate):
+def _conv3_gated_run(gate):
+    """A backbone gated after conv3 (layer2), its gated run on random images, and its stem's output."""
     backbone = _backbone(stages=(1, ), attention_gate=gate)
     backbone.init_weights()
     backbone.eval()
     x = torch.randn(2, 3, 64, 96)
     feats, logits = backbone.forward_with_attention(x)
     with torch.no_grad():
-        f = backbone.maxpool(backbone.relu(backbone.norm1(backbone.conv1(x))))
-        f = backbone.layer2(backbone.layer1(f))
+        stem = backbone.maxpool(backbone.relu(backbone.norm1(backbone.conv1(x))))
+    return backbone, x, feats, logits, stem
+
+
+@pytest.mark.parametrize('gate', ['product', 'residual'])
+def test_gating_multiplies_stage_output_before_next_stage(gate):
+    backbone, x, feats, logits, stem = _conv3_gated_run(gate)
+    with torch.no_grad():
+        f = backbone.layer2(backbone.layer1(stem))
         logit = backbone.attention_blocks['layer2'](f)
         f = f * (torch.sigmoid(logit) + (1 if gate == 'residual' else 0))
         c4 = backbone.layer3(f)
@@ -59,14 +66,9 @@ def test_gating_multiplies_stage_output_before_next_stage(gate):
 
 
 def test_branch_gating_gates_the_last_residual_branch_before_the_shortcut():
-    backbone = _backbone(stages=(1, ), attention_gate='branch')
-    backbone.init_weights()
-    backbone.eval()
-    x = torch.randn(2, 3, 64, 96)
-    feats, logits = backbone.forward_with_attention(x)
+    backbone, _, feats, logits, stem = _conv3_gated_run('branch')
     with torch.no_grad():
-        f = backbone.maxpool(backbone.relu(backbone.norm1(backbone.conv1(x))))
-        f = backbone.layer2[0](backbone.layer1(f))
+        f = backbone.layer2[0](backbone.layer1(stem))
         last = backbone.layer2[1]  # a BasicBlock without downsampling: the shortcut is f itself
         branch = last.norm2(last.conv2(last.relu(last.norm1(last.conv1(f)))))
         logit = backbone.attention_blocks['layer2'](branch)
