@@ -68,8 +68,8 @@ def _stage_out_channels(stage: nn.Module, stage_name: str) -> int:
     return getattr(block, f'conv{last}').out_channels
 
 
-def _residual_branch_end(stage: nn.Module, stage_name: str) -> nn.Module:
-    """The norm after the last conv of a stage's last block: the end of its residual branch F(x)."""
+def _residual_branch_end(stage: nn.Module, stage_name: str) -> str:
+    """Dotted name, within the stage, of the norm after its last block's last conv: the end of F(x)."""
     block, last = _last_block(stage, stage_name)
     if getattr(block, 'with_cp', False):
         # Checkpointing re-runs the block in the backward pass, and the hook with it.
@@ -80,7 +80,9 @@ def _residual_branch_end(stage: nn.Module, stage_name: str) -> nn.Module:
         raise TypeError(f"attention_gate='branch' needs the last block of stage {stage_name!r} to end its "
                         f"residual branch with conv<i> and norm<i> (mmdet's BasicBlock and Bottleneck); "
                         f"{type(block).__name__} has no norm{last}: use attention_gate='product'")
-    return norm
+    # mmdet's norm<i> is a property over the registered child (bn3, gn3, ...): hooks need the child's name.
+    child = next(name for name, module in block.named_children() if module is norm)
+    return f'{len(stage) - 1}.{child}'
 
 
 class AttentionMixin:
@@ -130,9 +132,13 @@ class AttentionMixin:
                              f'{num_stages} stages: use distinct stage indices from {named}, '
                              f'or () for no attention')
         self.attention_stages = tuple(sorted(stages))
-        if attention_gate == 'branch':
-            for i in self.attention_stages:  # fail at build time, not at the first forward
-                _residual_branch_end(getattr(self, self.res_layers[i]), self.res_layers[i])
+        # The module each map gates, by stage name, resolved (and checked) once at build time: the stage
+        # itself, or for 'branch' the norm that ends its last residual branch.
+        self.gated_module_names = {
+            name: (f'{name}.{_residual_branch_end(getattr(self, name), name)}' if attention_gate == 'branch'
+                   else name)
+            for name in (self.res_layers[i] for i in self.attention_stages)
+        }
         if self.attention_stages:
             self.attention_blocks = ModuleDict({  # mmengine's, so init_weights reaches the blocks
                 self.res_layers[i]: AttentionBlock(
@@ -174,11 +180,8 @@ class AttentionMixin:
         # last residual branch) let the wrapped class's own forward run unchanged
         # (deep stems, RegNet's stem without max-pool, plugins). They live only
         # for this call, so the module carries no per-batch state.
-        def gated_module(name: str) -> nn.Module:
-            stage = getattr(self, name)
-            return _residual_branch_end(stage, name) if self.attention_gate == 'branch' else stage
-
-        handles = [gated_module(name).register_forward_hook(gate(name)) for name in self.attention_blocks]
+        handles = [self.get_submodule(self.gated_module_names[name]).register_forward_hook(gate(name))
+                   for name in self.attention_blocks]
         try:
             feats = super().forward(x)
         finally:
