@@ -6,6 +6,8 @@ project's own pools (``RangeMaxRoIPool``, ``GatherRoIAlign``): matching outputs 
 import pytest
 import torch
 
+from projects.acouplenet.attention_backbone import ATTENTION_GATES
+
 from .conftest import load_tool
 from .test_detector import _batch, _model
 from .test_training import _scalars, _tiny_config_file
@@ -58,6 +60,46 @@ def test_features_attention_and_head_outputs_match_the_cpu(exact_fp32, pooling):
     for name, expected in cpu.items():
         assert gpu[name].is_cuda
         _assert_close(gpu[name], expected, name)
+
+
+@pytest.mark.parametrize('gate', ATTENTION_GATES)
+def test_each_attention_gate_matches_the_cpu_forward_and_backward_and_runs_in_fp16(exact_fp32, gate):
+    """The gating hooks (on the stages; for 'branch', on the norms ending the last residual branches) on CUDA:
+    features, attention logits and the backbone's gradients as on the CPU, none left behind, and fp16
+    autocast (what ``--amp`` runs) close to fp32."""
+    backbone = _model(attention_gate=gate).backbone
+    backbone.train()  # frozen BN (norm_eval): deterministic
+    inputs, _ = _batch()
+
+    def run(device):
+        backbone.zero_grad()
+        feats, logits = backbone.forward_with_attention(inputs.to(device))
+        outputs = (*feats, *logits)
+        sum(t.square().mean() for t in outputs).backward()
+        # Copies: .cpu() of a CPU tensor is the tensor itself, which backbone.cuda() would move.
+        grads = {n: p.grad.to('cpu', copy=True) for n, p in backbone.named_parameters() if p.grad is not None}
+        return [t.detach() for t in outputs], grads
+
+    cpu_outputs, cpu_grads = run('cpu')
+    backbone.cuda()
+    gpu_outputs, gpu_grads = run('cuda')
+    assert len(cpu_outputs) == 2 + 3 and set(gpu_grads) == set(cpu_grads)
+    assert any(n.startswith('attention_blocks.') for n in gpu_grads)
+    for i, (gpu, cpu) in enumerate(zip(gpu_outputs, cpu_outputs)):
+        assert gpu.is_cuda
+        _assert_close(gpu, cpu, f'output {i}')
+    for name, grad in gpu_grads.items():
+        # cuDNN's weight gradients sum over the batch and the map in another order than the CPU's.
+        scale = grad.abs().max().item() or 1.0
+        torch.testing.assert_close(grad, cpu_grads[name], rtol=1e-3, atol=1e-3 * scale, msg=lambda m: f'{name}: {m}')
+    assert not any(m._forward_hooks for m in backbone.modules())
+
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16):
+        feats, logits = backbone.forward_with_attention(inputs.cuda())
+    for i, (half, fp32) in enumerate(zip((*feats, *logits), cpu_outputs)):
+        assert half.dtype == torch.float16 and torch.isfinite(half).all(), f'output {i}'
+        scale = fp32.abs().max().item() or 1.0
+        torch.testing.assert_close(half.float().cpu(), fp32, rtol=0.05, atol=0.02 * scale, msg=lambda m: f'{i}: {m}')
 
 
 def test_predict_on_cuda_gives_boxes_inside_each_image():

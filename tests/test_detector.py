@@ -14,10 +14,13 @@ ACOUPLENET = REPO / 'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py'
 OHEM = REPO / 'configs/acouplenet/ablations/couplenet-ohem_r101_1xb2-110k_voc0712.py'
 
 
-def _model(path=ACOUPLENET, **head):
+def _model(path=ACOUPLENET, attention_gate=None, **head):
+    """The shrunk detector of ``path``, with ``head`` overrides of its box head (and another gate if given)."""
     cfg = Config.fromfile(str(path))
     model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
     model_cfg.roi_head.bbox_head.update(head)
+    if attention_gate is not None:
+        model_cfg.backbone.attention_gate = attention_gate
     model = MODELS.build(model_cfg)
     model.init_weights()
     return model

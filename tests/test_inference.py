@@ -126,6 +126,9 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert Config.fromfile(str(REPO / bench.MODELS['faster-rcnn-300'][1])).model.test_cfg.rcnn != paper_rcnn
     model = bench.build('faster-rcnn-300', 'cpu')
     assert model.roi_head.test_cfg == paper_rcnn and model.test_cfg.rpn.max_per_img == 300
+    # The branch-gated ACoupleNet is timed on request only; its config changes nothing but the gate.
+    assert 'acouplenet-branch' not in bench.parse_args([]).models
+    assert bench.build('acouplenet-branch', 'cpu').backbone.attention_gate == 'branch'
 
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
                 '--warmup', '0', '--no-flops', '--profile', '--paired', '3', '--out', str(tmp_path)])
