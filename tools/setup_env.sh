@@ -62,8 +62,16 @@ mmcv_ops_ok() {
   "$VENV/bin/python" - "$MMCV_VERSION" "$WITH_CUDA" <<'EOF' >/dev/null 2>&1
 import sys
 import mmcv
-from mmcv.ops import get_compiling_cuda_version, nms, RoIPool  # noqa: F401  (fails without compiled ops)
-cuda_ok = sys.argv[2] == '0' or get_compiling_cuda_version() != 'not available'
+from mmcv.ops import nms, RoIPool  # noqa: F401  (fails without compiled ops)
+cuda_ok = True
+if sys.argv[2] == '1':
+    # Run a CUDA kernel rather than ask get_compiling_cuda_version(), which segfaults in mmcv 2.1.0
+    # built against torch 2.11 / CUDA 13.0 (seen on H100s) while every op works.
+    # (A wheel without CUDA ops raises here, which exits with 1 as well.)
+    import torch
+    _, keep = nms(torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]], device='cuda'),
+                  torch.tensor([0.9, 0.8], device='cuda'), 0.5)
+    cuda_ok = keep.tolist() == [0]
 sys.exit(0 if mmcv.__version__ == sys.argv[1] and cuda_ok else 1)
 EOF
 }
@@ -117,7 +125,7 @@ if [[ -f "$ROOT/pyproject.toml" ]]; then
 fi
 
 if ! mmcv_ops_ok; then
-  log "error: mmcv $MMCV_VERSION with compiled ops does not import; delete $CACHE_DIR and rerun"
+  log "error: mmcv $MMCV_VERSION with compiled ops does not import$( (( WITH_CUDA )) && echo ' or its CUDA nms does not run'); delete $CACHE_DIR and rerun"
   exit 1
 fi
 "$VENV/bin/python" -c 'import mmdet, mmengine, torchvision; print("mmdet", mmdet.__version__, "mmengine", mmengine.__version__, "torchvision", torchvision.__version__)'
