@@ -28,9 +28,11 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _assert_close(actual, expected, name):
+def _assert_close(actual, expected, name, rtol=1e-4, atol_of_max=1e-4):
+    """``actual`` (any device) close to the CPU's ``expected``; the absolute tolerance scales with its maximum."""
     scale = expected.abs().max().item() or 1.0
-    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-4, atol=1e-4 * scale, msg=lambda m: f'{name}: {m}')
+    torch.testing.assert_close(actual.cpu(), expected, rtol=rtol, atol=atol_of_max * scale,
+                               msg=lambda m: f'{name}: {m}')
 
 
 def _outputs(model, device, inputs, samples):
@@ -90,16 +92,14 @@ def test_each_attention_gate_matches_the_cpu_forward_and_backward_and_runs_in_fp
         _assert_close(gpu, cpu, f'output {i}')
     for name, grad in gpu_grads.items():
         # cuDNN's weight gradients sum over the batch and the map in another order than the CPU's.
-        scale = grad.abs().max().item() or 1.0
-        torch.testing.assert_close(grad, cpu_grads[name], rtol=1e-3, atol=1e-3 * scale, msg=lambda m: f'{name}: {m}')
+        _assert_close(grad, cpu_grads[name], name, rtol=1e-3, atol_of_max=1e-3)
     assert not any(m._forward_hooks for m in backbone.modules())
 
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.float16):
         feats, logits = backbone.forward_with_attention(inputs.cuda())
     for i, (half, fp32) in enumerate(zip((*feats, *logits), cpu_outputs)):
         assert half.dtype == torch.float16 and torch.isfinite(half).all(), f'output {i}'
-        scale = fp32.abs().max().item() or 1.0
-        torch.testing.assert_close(half.float().cpu(), fp32, rtol=0.05, atol=0.02 * scale, msg=lambda m: f'{i}: {m}')
+        _assert_close(half.float(), fp32, f'fp16 output {i}', rtol=0.05, atol_of_max=0.02)
 
 
 def test_predict_on_cuda_gives_boxes_inside_each_image():
