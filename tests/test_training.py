@@ -53,30 +53,32 @@ def _scalars(work_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def test_main_job_end_to_end(tmp_path, tiny_shapes):
+def test_main_job_end_to_end(tmp_path):
     main_job = load_tool('main_job')
-    work_dir = tmp_path / 'main_job'
-    report = main_job.main(['--work-dir', str(work_dir), '--data-root', str(tiny_shapes), '--iters', '4',
-                            '--figure-images', '2', '--cfg-options', 'model.loss_attention.loss_weight=0.5'])
+    work_dir, data_root = tmp_path / 'main_job', tmp_path / 'shapes'
+    # Training seed 5 where there is no dataset yet: the dataset is generated with seed 0, as for every
+    # other training seed, so that runs of several seeds compare on one dataset.
+    report = main_job.main(['--work-dir', str(work_dir), '--data-root', str(data_root), '--num-train', '8',
+                            '--num-val', '4', '--seed', '5', '--iters', '4', '--figure-images', '2',
+                            '--cfg-options', 'model.loss_attention.loss_weight=0.5'])
     for name in ('report.md', 'report.json', 'detections_and_attention.png', 'iter_4.pth'):
         assert (work_dir / name).is_file(), name
     saved = json.loads((work_dir / 'report.json').read_text())
     assert saved['iterations'] == 4 and saved['dataset']['val_images'] == 4
-    # The existing dataset (generated with seed 1) is reused; --seed (default 0) seeds the training.
-    assert saved['dataset']['seed'] == 1 and saved['seed'] == 0
+    assert saved['dataset']['seed'] == 0 and saved['seed'] == 5
     # What the run was: its overrides and where it trained, so that runs are compared like with like.
     assert saved['cfg_options'] == {'model.loss_attention.loss_weight': 0.5} and saved['device'] == 'cpu'
-    assert saved['dataset']['sha256'] == fingerprint(str(tiny_shapes))
+    assert saved['dataset']['sha256'] == fingerprint(str(data_root))
     assert saved['host']['threads'] == torch.get_num_threads() and saved['host']['cpu_capability']
     assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                                      'bbox_mAP_l'}
     assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
     assert saved['train_seconds'] > 0 and saved['peak_memory_mb'] > 0
     assert '| AP | AP50 |' in (work_dir / 'report.md').read_text()
-    assert 'generated with seed 1' in (work_dir / 'report.md').read_text()
-    assert 'on cpu, seed 0' in (work_dir / 'report.md').read_text()
+    assert 'generated with seed 0' in (work_dir / 'report.md').read_text()
+    assert 'on cpu, seed 5' in (work_dir / 'report.md').read_text()
     assert '- overrides: `model.loss_attention.loss_weight=0.5`' in (work_dir / 'report.md').read_text()
-    assert f'sha256 `{fingerprint(str(tiny_shapes))[:16]}`' in (work_dir / 'report.md').read_text()
+    assert f'sha256 `{fingerprint(str(data_root))[:16]}`' in (work_dir / 'report.md').read_text()
     assert f'threads, torch {torch.__version__}' in (work_dir / 'report.md').read_text()
     assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
     assert report['metrics'] == saved['metrics']
@@ -94,6 +96,10 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     mtime = report_path.stat().st_mtime
     assert bench.main(args + ['--seed', '1'])[1]['rfcn'] == reports[1]['rfcn']  # reused, not retrained
     assert report_path.stat().st_mtime == mtime
+    assert 'Shapes dataset (seed 1), 8 train / 4 val images' in (tmp_path / 'benchmark.md').read_text()
+    # Asked for a dataset of another seed, a run on this one is refused (before any data is generated).
+    with pytest.raises(SystemExit, match=r'report of another run: data_seed 1 \(asked: 0\)'):
+        bench.main(args + ['--seed', '1', '--data-seed', '0'])
     # A run of another schedule or of other overrides in the same folder is refused, never reused.
     with pytest.raises(SystemExit, match=r'report of another run: iterations 2 \(asked: 3\).*another --work-dir'):
         bench.main(args[:2] + ['--iters', '3'] + args[4:] + ['--seed', '1'])
@@ -142,6 +148,19 @@ def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
         backbone = built(key).backbone
         assert backbone.attention_stages == (stage,) and list(backbone.attention_blocks) == [layer]
     assert built('acouplenet-att0.1').loss_attention.loss_weight == 0.1
+
+
+def test_main_job_reuses_the_dataset_whatever_its_seed_unless_another_data_seed_is_asked(tmp_path, capsys):
+    main_job = load_tool('main_job')
+    root = str(tmp_path / 'shapes')
+    assert main_job.ensure_dataset(root, num_train=2, num_val=1, seed=3)['config']['seed'] == 3
+    generated = fingerprint(root)
+    for seed in (None, 3):  # no seed asked, or this one: the dataset there, as it is
+        assert main_job.ensure_dataset(root, seed=seed)['config']['seed'] == 3 and fingerprint(root) == generated
+    manifest = main_job.ensure_dataset(root, num_train=2, num_val=1, seed=4)
+    assert manifest['config']['seed'] == 4 and fingerprint(root) != generated
+    assert 'has seed 3 (asked: 4)' in capsys.readouterr().out
+    assert main_job.parse_args(['--data-seed', '4', '--seed', '1']).data_seed == 4
 
 
 def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):

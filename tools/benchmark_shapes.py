@@ -1,10 +1,11 @@
 """Train and evaluate the shapes configs at the same budget and seed(s); print one table per seed.
 
     python tools/benchmark_shapes.py [--iters N] [--seed S [S ...]] [--work-dir DIR] [--data-root DIR]
-                                     [--models acouplenet couplenet ...]
+                                     [--data-seed S] [--models acouplenet couplenet ...]
 
 Each model runs as its own `tools/main_job.py` process (so its peak memory is its own) on the same
-generated dataset, in `<work-dir>/seed<S>/<model>`; results are collected from the runs' report.json into
+generated dataset, whatever the training seed (the one at `--data-root`, generated with seed 0 where there
+is none or with `--data-seed`), in `<work-dir>/seed<S>/<model>`; results are collected from the runs' report.json into
 `<work-dir>/benchmark.md` and `benchmark.json`. A run whose report exists is reused, so an interrupted
 benchmark continues; a report of another run (seed, iterations, config, overrides or dataset) is refused,
 not reused. With several seeds a last table gives each model's AP by seed, its mean and, where CoupleNet
@@ -53,6 +54,9 @@ def parse_args(argv=None):
                         help='training seed(s): every model is trained once per seed')
     parser.add_argument('--work-dir', default='work_dirs/benchmark_shapes')
     parser.add_argument('--data-root', default='data/shapes')
+    parser.add_argument('--data-seed', type=int, default=None,
+                        help="seed of the dataset every run shares (default: the dataset at --data-root, or "
+                        "one generated with seed 0 where there is none); see main_job's --data-seed")
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS)
     return parser.parse_args(argv)
 
@@ -115,7 +119,8 @@ def check_reusable(report: dict, report_path: str, expected: dict) -> None:
     content: the data at the same folder may have been generated again since.
     """
     found = dict(config=report['config'], seed=report['seed'], iterations=report['iterations'],
-                 cfg_options=report.get('cfg_options', {}), data_root=report['dataset']['root'])
+                 cfg_options=report.get('cfg_options', {}), data_root=report['dataset']['root'],
+                 data_seed=report['dataset']['seed'])
     differ = [f'{k} {found[k]!r} (asked: {expected[k]!r})' for k in expected if found[k] != expected[k]]
     recorded = report['dataset'].get('sha256')
     if recorded and not differ:
@@ -134,15 +139,19 @@ def run(key: str, seed: int, args) -> dict:
     report_path = osp.join(work_dir, 'report.json')
     if osp.isfile(report_path):
         report = load_report(report_path)
-        check_reusable(report, report_path,
-                       dict(config=config, seed=seed, iterations=args.iters or default_iterations(config),
-                            cfg_options=options, data_root=args.data_root))
+        expected = dict(config=config, seed=seed, iterations=args.iters or default_iterations(config),
+                        cfg_options=options, data_root=args.data_root)
+        if args.data_seed is not None:
+            expected['data_seed'] = args.data_seed
+        check_reusable(report, report_path, expected)
         print(f'[benchmark] {name}, seed {seed}: reusing {report_path}', flush=True)
         return report
     cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), '--config', config, '--work-dir', work_dir,
            '--data-root', args.data_root, '--seed', str(seed)]
     if args.iters:
         cmd += ['--iters', str(args.iters)]
+    if args.data_seed is not None:
+        cmd += ['--data-seed', str(args.data_seed)]
     if options:
         cmd += ['--cfg-options', *(f'{k}={v}' for k, v in options.items())]
     print(f'[benchmark] {name}, seed {seed}: {" ".join(cmd)}', flush=True)
@@ -159,9 +168,9 @@ def main(argv=None):
     reports = {seed: {key: run(key, seed, args) for key in args.models} for seed in args.seeds}
     first = reports[args.seeds[0]][args.models[0]]
     iters = {r['iterations'] for by_key in reports.values() for r in by_key.values()}
-    header = (f'Shapes dataset, {first["dataset"]["train_images"]} train / {first["dataset"]["val_images"]} '
-              f'val images; {"/".join(map(str, sorted(iters)))} iterations of {first["batch_size"]} images; '
-              f'COCO box AP on val.')
+    header = (f'Shapes dataset (seed {first["dataset"]["seed"]}), {first["dataset"]["train_images"]} train / '
+              f'{first["dataset"]["val_images"]} val images; {"/".join(map(str, sorted(iters)))} iterations of '
+              f'{first["batch_size"]} images; COCO box AP on val.')
     parts = [header]
     for seed, by_key in reports.items():
         parts += [f'Seed {seed}:', table([(MODELS[key][0], r) for key, r in by_key.items()])]

@@ -2,7 +2,7 @@
 on its val split and write a report (markdown + json) and a picture of detections and attention maps.
 
     python tools/main_job.py [--config CONFIG] [--work-dir DIR] [--data-root DIR] [--iters N]
-                             [--num-train N] [--num-val N] [--seed S]
+                             [--num-train N] [--num-val N] [--seed S] [--data-seed S]
 
 `bash tools/main_job.sh` runs the environment setup first (the README's command).
 """
@@ -29,9 +29,12 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
     parser.add_argument('--num-train', type=int, help='train images to generate (default: the generator\'s)')
     parser.add_argument('--num-val', type=int, help='val images to generate (default: the generator\'s)')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seed of training, and of the dataset when one is generated (a complete dataset '
-                        'at --data-root is reused whatever its seed; add --regenerate for one of this seed)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of training (default: %(default)s)')
+    parser.add_argument('--data-seed', type=int, default=None,
+                        help='seed of the generated dataset, apart from the training seed so that runs of '
+                        'several training seeds share one dataset: a complete dataset at --data-root of another '
+                        'seed is generated again with this one (default: the dataset there, whatever its seed, '
+                        'or one of seed 0 where there is none)')
     parser.add_argument('--regenerate', action='store_true',
                         help='generate the dataset again even if a complete one is there')
     parser.add_argument('--figure-images', type=int, default=4, help='val images in the picture')
@@ -40,16 +43,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def ensure_dataset(root: str, num_train=None, num_val=None, seed=0, regenerate=False) -> dict:
+def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerate=False) -> dict:
     """Use the complete generated dataset at ``root``, or generate it.
 
     A complete dataset of the current format is used as it is unless
-    ``regenerate`` or a split size that differs from it is asked for; one of
-    an older format is replaced. A folder without a manifest (written last by
-    the generator) is not a generated dataset and is never overwritten.
+    ``regenerate`` or a split size or ``seed`` that differs from it is asked
+    for; one of an older format is replaced. A folder without a manifest
+    (written last by the generator) is not a generated dataset and is never
+    overwritten. ``seed=None`` takes the dataset there whatever its seed and
+    generates one with seed 0 where there is none.
     """
     from projects.acouplenet.shapes import FORMAT, MANIFEST, ShapesConfig, generate, is_complete
-    cfg = ShapesConfig(seed=seed)
+    cfg = ShapesConfig(seed=0 if seed is None else seed)
     cfg.num_train = cfg.num_train if num_train is None else num_train
     cfg.num_val = cfg.num_val if num_val is None else num_val
     manifest_path = osp.join(root, MANIFEST)
@@ -59,14 +64,17 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=0, regenerate=F
     if is_complete(root):
         with open(manifest_path) as f:
             manifest = json.load(f)
-        asked = {k: v for k, v in (('num_train', num_train), ('num_val', num_val)) if v is not None}
-        if not regenerate and all(manifest['config'][k] == v for k, v in asked.items()):
-            print(f'[main_job] using the dataset in {root}', flush=True)
+        asked = {k: v for k, v in (('num_train', num_train), ('num_val', num_val), ('seed', seed)) if v is not None}
+        differ = [f'{k} {manifest["config"][k]} (asked: {v})' for k, v in asked.items() if manifest['config'][k] != v]
+        if not regenerate and not differ:
+            print(f'[main_job] using the dataset in {root} (seed {manifest["config"]["seed"]})', flush=True)
             return manifest
+        if differ:
+            print(f'[main_job] the dataset in {root} has {", ".join(differ)}', flush=True)
     elif osp.exists(root):
         print(f'[main_job] {root} holds a dataset of another format than {FORMAT}; replacing it', flush=True)
     print(f'[main_job] generating the shapes dataset in {root} '
-          f'({cfg.num_train} train / {cfg.num_val} val images)', flush=True)
+          f'({cfg.num_train} train / {cfg.num_val} val images, seed {cfg.seed})', flush=True)
     return generate(root, cfg, overwrite=osp.exists(root))
 
 
@@ -133,7 +141,7 @@ def write_report(work_dir: str, report: dict) -> None:
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
-    manifest = ensure_dataset(args.data_root, args.num_train, args.num_val, args.seed, args.regenerate)
+    manifest = ensure_dataset(args.data_root, args.num_train, args.num_val, args.data_seed, args.regenerate)
 
     from mmengine.runner import Runner
 
