@@ -68,18 +68,20 @@ def test_main_job_end_to_end(tmp_path):
     assert saved['dataset']['seed'] == 0 and saved['seed'] == 5
     # What the run was: its overrides and where it trained, so that runs are compared like with like.
     assert saved['cfg_options'] == {'model.loss_attention.loss_weight': 0.5} and saved['device'] == 'cpu'
-    assert saved['dataset']['sha256'] == fingerprint(str(data_root))
+    data_sha256 = fingerprint(str(data_root))
+    assert saved['dataset']['sha256'] == data_sha256
     assert saved['host']['threads'] == torch.get_num_threads() and saved['host']['cpu_capability']
     assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                                      'bbox_mAP_l'}
     assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
     assert saved['train_seconds'] > 0 and saved['peak_memory_mb'] > 0
-    assert '| AP | AP50 |' in (work_dir / 'report.md').read_text()
-    assert 'generated with seed 0' in (work_dir / 'report.md').read_text()
-    assert 'on cpu, seed 5' in (work_dir / 'report.md').read_text()
-    assert '- overrides: `model.loss_attention.loss_weight=0.5`' in (work_dir / 'report.md').read_text()
-    assert f'sha256 `{fingerprint(str(data_root))[:16]}`' in (work_dir / 'report.md').read_text()
-    assert f'threads, torch {torch.__version__}' in (work_dir / 'report.md').read_text()
+    markdown = (work_dir / 'report.md').read_text()
+    assert '| AP | AP50 |' in markdown
+    assert 'generated with seed 0' in markdown
+    assert 'on cpu, seed 5' in markdown
+    assert '- overrides: `model.loss_attention.loss_weight=0.5`' in markdown
+    assert f'sha256 `{data_sha256[:16]}`' in markdown
+    assert f'threads, torch {torch.__version__}' in markdown
     assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
     assert report['metrics'] == saved['metrics']
 

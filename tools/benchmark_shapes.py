@@ -5,8 +5,8 @@
 
 Each model runs as its own `tools/main_job.py` process (so its peak memory is its own) on the same
 generated dataset, whatever the training seed (the one at `--data-root`, generated with seed 0 where there
-is none or with `--data-seed`), in `<work-dir>/seed<S>/<model>`; results are collected from the runs' report.json into
-`<work-dir>/benchmark.md` and `benchmark.json`. A run whose report exists is reused, so an interrupted
+is none or with `--data-seed`), in `<work-dir>/seed<S>/<model>`; results are collected from the runs'
+report.json into `<work-dir>/benchmark.md` and `benchmark.json`. A run whose report exists is reused, so an interrupted
 benchmark continues; a report of another run (seed, iterations, config, overrides or dataset) is refused,
 not reused. With several seeds a last table gives each model's AP by seed, its mean and, where CoupleNet
 is among the models, the paired gap to CoupleNet at each seed: on this small dataset the seed moves AP

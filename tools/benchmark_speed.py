@@ -311,15 +311,16 @@ def ratios(results: dict) -> list:
         lines.append(f'ACoupleNet latency / R-FCN latency: {a["latency_s"] / r["latency_s"]:.2f}x end to end'
                      f'{by_round("round_latency_s", "rfcn")}, {a["network_latency_s"] / r["network_latency_s"]:.2f}x '
                      f'network{by_round("round_network_latency_s", "rfcn")}{paired(a, r)} (target <= 1.3x)')
+    def latency_ratio(label: str, numerator: dict, denominator: dict) -> str:
+        return (f'{label}: {numerator["latency_s"] / denominator["latency_s"]:.2f}x end to end, '
+                f'{numerator["network_latency_s"] / denominator["network_latency_s"]:.2f}x network'
+                f'{paired(numerator, denominator)}')
+
     if 'couplenet' in results:
-        c = results['couplenet']
-        lines.append(f'ACoupleNet latency / CoupleNet latency: {a["latency_s"] / c["latency_s"]:.2f}x end to end, '
-                     f'{a["network_latency_s"] / c["network_latency_s"]:.2f}x network{paired(a, c)}')
+        lines.append(latency_ratio('ACoupleNet latency / CoupleNet latency', a, results['couplenet']))
     if 'acouplenet-branch' in results:
-        g = results['acouplenet-branch']
-        lines.append(f'ACoupleNet with branch gates latency / ACoupleNet latency: '
-                     f'{g["latency_s"] / a["latency_s"]:.2f}x end to end, '
-                     f'{g["network_latency_s"] / a["network_latency_s"]:.2f}x network{paired(g, a)}')
+        lines.append(latency_ratio('ACoupleNet with branch gates latency / ACoupleNet latency',
+                                   results['acouplenet-branch'], a))
     return lines
 
 
