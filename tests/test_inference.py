@@ -85,6 +85,34 @@ def test_demo_writes_the_figure(checkpoint, images, tmp_path):
     assert not (tmp_path / 'other.png').exists()
 
 
+def test_class_names_without_checkpoint_meta_come_from_the_config(checkpoint, tmp_path, monkeypatch):
+    """mmdet's init_detector names an unlabelled checkpoint's detections with COCO's 80 classes; ours does not."""
+    from projects.acouplenet import safe_loading
+    from projects.acouplenet.shapes import CLASSES
+    logged = []
+    monkeypatch.setattr(safe_loading, 'print_log', lambda msg, **kw: logged.append(msg))
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    torch.save(dict(state_dict=state), tmp_path / 'bare.pth')
+    assert init_detector(str(SHAPES_CONFIG), str(tmp_path / 'bare.pth'), device='cpu').dataset_meta['classes'][0] \
+        == 'person'  # what mmdet does
+    model = safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(tmp_path / 'bare.pth'))
+    assert tuple(model.dataset_meta['classes']) == tuple(CLASSES)
+    assert len(logged) == 1 and 'holds no class names' in logged[0] and CLASSES[0] in logged[0]
+    # Class names in the checkpoint win, and they must be as many as the model's classes.
+    assert safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(checkpoint)).dataset_meta['classes'] == CLASSES
+    torch.save(dict(state_dict=state, meta=dict(dataset_meta=dict(classes=CLASSES[:4]))), tmp_path / 'four.pth')
+    with pytest.raises(ValueError, match=r'four\.pth names 4 classes in its meta, but the model of .* predicts 6; '
+                                         r'use the config the checkpoint was trained with'):
+        safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(tmp_path / 'four.pth'))
+    # A config whose test dataset names other classes than the model predicts, and a bare checkpoint.
+    cfg = Config.fromfile(str(SHAPES_CONFIG))
+    cfg.test_dataloader.dataset.metainfo = dict(classes=CLASSES[:5])
+    cfg.dump(str(tmp_path / 'five.py'))
+    with pytest.raises(ValueError, match=r'the test dataset of .*five\.py has 5 classes, but its model predicts 6 '
+                                         r'and .*bare\.pth names none; set the dataset\'s metainfo'):
+        safe_loading.init_detector_strict(str(tmp_path / 'five.py'), str(tmp_path / 'bare.pth'))
+
+
 def test_attention_in_boxes_against_a_hand_drawn_map():
     from projects.acouplenet.visualization import attention_in_boxes
     # A 4 x 8 map of a 64 x 128 image (stride 16): one box gated open, the rest half-closed.

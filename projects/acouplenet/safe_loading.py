@@ -12,11 +12,15 @@ HistoryBuffer's statistics methods (a general ``getattr`` would reach, say,
 function to call) is still refused. Importing ``projects.acouplenet`` (every
 config does) calls it.
 """
+import copy
+import logging
 import pickle
-from typing import List
+import warnings
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 
 _ALLOWED: List[object] = []
 
@@ -55,19 +59,23 @@ def allow_mmengine_checkpoint_types() -> None:
     torch.serialization.add_safe_globals(_ALLOWED)
 
 
-def checkpoint_mismatch(model: torch.nn.Module, checkpoint: str) -> dict:
+def checkpoint_mismatch(model: torch.nn.Module, checkpoint: Union[str, dict]) -> dict:
     """Keys of ``checkpoint``'s state dict that do not fit ``model``.
+
+    Args:
+        model: The detector (a DDP- or TTA-wrapped one is compared by its
+            inner detector).
+        checkpoint: A checkpoint file, or its already loaded contents.
 
     Returns:
         dict: ``missing`` (in the model, not the checkpoint), ``unexpected``
         (in the checkpoint, not the model) and ``mismatched`` (``(key,
         checkpoint shape, model shape)``) lists, and ``matched`` (count).
-        A DDP- or TTA-wrapped ``model`` is compared by its inner detector.
     """
     from mmengine.model import BaseTTAModel, is_model_wrapper
     if is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module  # a checkpoint holds the inner detector (mmengine's load_state_dict unwraps alike)
-    ckpt = torch.load(checkpoint, map_location='cpu')
+    ckpt = torch.load(checkpoint, map_location='cpu') if isinstance(checkpoint, str) else checkpoint
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     own = model.state_dict()
@@ -77,14 +85,16 @@ def checkpoint_mismatch(model: torch.nn.Module, checkpoint: str) -> dict:
                 mismatched=mismatched, matched=len(set(own) & set(state)) - len(mismatched))
 
 
-def assert_checkpoint_fits(model: torch.nn.Module, checkpoint: str, config: str = 'the config') -> None:
+def assert_checkpoint_fits(model: torch.nn.Module, checkpoint: str, config: str = 'the config',
+                           loaded: Optional[dict] = None) -> None:
     """Raise a ``ValueError`` that lists what does not fit when ``checkpoint`` is not ``model``'s.
 
     For testing and inference, where every weight must come from the
     checkpoint (fine-tuning with ``load_from`` tolerates a replaced head and
-    only warns, as mmengine does).
+    only warns, as mmengine does). ``loaded``: the file's contents when the
+    caller has them already.
     """
-    report = checkpoint_mismatch(model, checkpoint)
+    report = checkpoint_mismatch(model, checkpoint if loaded is None else loaded)
     if report['missing'] or report['unexpected'] or report['mismatched']:
         def head(items):
             return ', '.join(map(str, items[:5])) + (f' ... ({len(items)} in all)' if len(items) > 5 else '')
@@ -106,8 +116,43 @@ def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> t
     ``init_detector`` only warns about missing or unexpected keys and keeps
     the random weights; for inference and evaluation that is a silent wrong
     result, so this raises :func:`assert_checkpoint_fits`' ``ValueError``.
+    It also only warns when the checkpoint holds no class names (weights
+    converted from elsewhere) and then names the detections with COCO's 80
+    classes, whatever the model predicts: here the names come from the
+    config's test dataset instead (logged), and class names whose count is
+    not the model's ``num_classes`` raise a ``ValueError``.
     """
     from mmdet.apis import init_detector
-    model = init_detector(config, checkpoint, device=device)
-    assert_checkpoint_fits(model, checkpoint, config)
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    loaded = torch.load(checkpoint, map_location='cpu')
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'dataset_meta or class names are not saved')
+        model = init_detector(cfg, checkpoint, device=device)
+    assert_checkpoint_fits(model, checkpoint, config, loaded=loaded)
+    meta = (loaded.get('meta') or {}) if isinstance(loaded, dict) else {}
+    if 'dataset_meta' not in meta and 'CLASSES' not in meta:
+        classes = tuple(_test_dataset_metainfo(cfg)['classes'])
+        print_log(f'{checkpoint} holds no class names (meta.dataset_meta); the detections are named after the '
+                  f'classes of the test dataset of {config}: {", ".join(classes[:5])}'
+                  f'{" ..." if len(classes) > 5 else ""} ({len(classes)} in all)', logger='current',
+                  level=logging.WARNING)
+        model.dataset_meta['classes'] = classes
+    num_classes = getattr(getattr(getattr(model, 'roi_head', None), 'bbox_head', None), 'num_classes', None)
+    if num_classes is not None and len(model.dataset_meta['classes']) != num_classes:
+        names = len(model.dataset_meta['classes'])
+        if 'dataset_meta' in meta or 'CLASSES' in meta:
+            raise ValueError(f'{checkpoint} names {names} classes in its meta, but the model of {config} predicts '
+                             f'{num_classes}; use the config the checkpoint was trained with')
+        raise ValueError(f'the test dataset of {config} has {names} classes, but its model predicts {num_classes} '
+                         f'and {checkpoint} names none; set the dataset\'s metainfo=dict(classes=...) to the '
+                         f'{num_classes} classes the checkpoint was trained on')
     return model
+
+
+def _test_dataset_metainfo(cfg) -> dict:
+    """Metainfo of the config's test dataset, built lazily (no annotation file is read), as mmdet does."""
+    from mmdet.registry import DATASETS
+    dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+    dataset_cfg['lazy_init'] = True
+    return DATASETS.build(dataset_cfg).metainfo
