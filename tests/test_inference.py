@@ -57,12 +57,21 @@ def test_det_inferencer(checkpoint, images, tmp_path):
 
 
 def test_predict_with_attention_gives_three_maps_over_the_image(checkpoint, images):
+    from projects.acouplenet import attention_maps
     model = init_detector(str(SHAPES_CONFIG), str(checkpoint), device='cpu')
-    result, maps = predict_with_attention(model, images[0])
+    backbone_inputs = []
+    # The detector calls the backbone's forward_with_attention, not the module: watch its stem.
+    handle = model.backbone.conv1.register_forward_pre_hook(lambda module, args: backbone_inputs.append(args[0]))
+    try:
+        result, maps = predict_with_attention(model, images[0])
+    finally:
+        handle.remove()
+    assert len(backbone_inputs) == 1  # the maps come from the pass that made the detections
     assert [stride for stride, _ in maps] == [4, 8, 16]
-    for stride, amap in maps:
+    for (stride, amap), reference in zip(maps, attention_maps(model.backbone, backbone_inputs[0])):
         assert amap.shape == (256 // stride, 256 // stride)
         assert float(amap.min()) >= 0 and float(amap.max()) <= 1
+        torch.testing.assert_close(amap, reference[0, 0])
     array_result, _ = predict_with_attention(model, mmcv.imread(images[0]))  # a BGR array works too
     torch.testing.assert_close(array_result.pred_instances.bboxes, result.pred_instances.bboxes)
 

@@ -6,7 +6,7 @@ its modules in mmdet's registries, allow-lists mmengine's checkpoint types for `
 while saving leaves its previous checkpoint whole).
 """
 from .acouplenet import ACoupleNet
-from .attention_backbone import AttentionBackbone, AttentionBlock, AttentionMixin, attention_maps
+from .attention_backbone import AttentionBackbone, AttentionBlock, AttentionMixin, attention_maps, capture_attention
 from .attention_loss import AttentionLoss, attention_targets
 from .coupled_bbox_head import CoupledBBoxHead
 from .coupled_roi_head import CoupledRoIHead
@@ -27,5 +27,5 @@ __all__ = [
     'ACoupleNet', 'AttentionBackbone', 'AttentionBlock', 'AttentionMixin', 'AttentionLoss', 'CheckedCocoDataset',
     'ClassCountCheckHook', 'CoupledBBoxHead', 'CoupledRoIHead', 'LoadAttentionAnnotations', 'NonFiniteLossHook',
     'PSRoIExtractor', 'RNGStateHook', 'SafeLoadImageFromFile', 'SlimResLayer', 'TorchvisionRoIExtractor',
-    'VOCSBDDataset', 'attention_maps', 'attention_targets', 'context_rois'
+    'VOCSBDDataset', 'attention_maps', 'attention_targets', 'capture_attention', 'context_rois'
 ]

@@ -14,7 +14,8 @@ under ``attention_blocks.``, and ``attention_stages=()`` adds none, so an
 ImageNet or CoupleNet checkpoint loads as is.
 """
 import re
-from typing import Dict, List, Sequence, Tuple, Type
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Sequence, Tuple, Type
 
 import torch
 from mmengine.model import BaseModule, ModuleDict
@@ -252,3 +253,23 @@ def attention_maps(backbone: nn.Module, images: Tensor) -> List[Tensor]:
     with torch.no_grad():
         _, logits = backbone.forward_with_attention(images)
     return [logit.sigmoid() for logit in logits]
+
+
+@contextmanager
+def capture_attention(backbone: nn.Module) -> Iterator[List[Tensor]]:
+    """Collect the attention maps of every forward pass run inside the ``with`` block.
+
+    ``with capture_attention(model.backbone) as maps: model.predict(...)``
+    gives the (N, 1, H_s, W_s) sigmoid maps the detections were gated with,
+    shallowest first, without a second backbone pass; nothing for a backbone
+    without attention.
+    """
+    maps: List[Tensor] = []
+    blocks = backbone.attention_blocks if isinstance(backbone, AttentionMixin) and backbone.with_attention else {}
+    handles = [block.register_forward_hook(lambda module, args, logit: maps.append(logit.detach().sigmoid()))
+               for block in blocks.values()]
+    try:
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -11,7 +11,7 @@ from torch import Tensor
 from mmdet.structures import DetDataSample
 from mmdet.utils import get_test_pipeline_cfg
 
-from .attention_backbone import attention_maps
+from .attention_backbone import capture_attention
 from .attention_loss import stride_name
 
 
@@ -45,8 +45,8 @@ def predict_with_attention(model, image: Union[str, np.ndarray]) -> Tuple[DetDat
     pipeline_cfg = [t for t in pipeline_cfg if 'LoadAnnotations' not in t['type']]
     data = Compose(pipeline_cfg)(dict(img=img, img_id=0, img_path=image if isinstance(image, str) else None))
     data = model.data_preprocessor(pseudo_collate([data]), training=False)
-    result = model.predict(data['inputs'], data['data_samples'], rescale=True)[0]
-    maps = attention_maps(model.backbone, data['inputs'])
+    with capture_attention(model.backbone) as maps:
+        result = model.predict(data['inputs'], data['data_samples'], rescale=True)[0]
     # Crop the batch padding and keep the part that covers the resized image.
     h, w = result.metainfo['img_shape'][:2]
     pad_h, pad_w = data['inputs'].shape[-2:]
