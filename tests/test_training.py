@@ -173,6 +173,26 @@ def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
         main_job.ensure_dataset(str(tmp_path / 'shapes'))
 
 
+def test_main_job_refuses_zero_counts_and_a_dataset_with_an_empty_split_before_training(tmp_path, capsys):
+    main_job, bench = load_tool('main_job'), load_tool('benchmark_shapes')
+    # 0 is not "the default": --iters 0 once trained the config's 2000 iterations.
+    for flag in ('--iters', '--num-train', '--num-val', '--figure-images'):
+        with pytest.raises(SystemExit):
+            main_job.parse_args([flag, '0'])
+        assert f'{flag} must be at least 1, got 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--iters', '0'])
+    assert '--iters must be at least 1, got 0' in capsys.readouterr().err
+    # A dataset generated elsewhere (tools/generate_shapes.py --num-val 0) is refused before any training.
+    from projects.acouplenet.shapes import ShapesConfig, generate
+    root = tmp_path / 'shapes'
+    generate(str(root), ShapesConfig(num_train=2, num_val=0, seed=0))
+    with pytest.raises(SystemExit, match=r'has no val images; generate one with images in both splits: '
+                                         r'--regenerate'):
+        main_job.main(['--data-root', str(root), '--work-dir', str(tmp_path / 'work')])
+    assert not (tmp_path / 'work').exists()
+
+
 def test_loss_decreases_when_overfitting_a_few_images(tmp_path, tiny_shapes):
     cfg = tiny_train_cfg(tiny_shapes, tmp_path, iters=40, random_flip=False)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]

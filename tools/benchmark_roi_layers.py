@@ -41,12 +41,14 @@ def main(argv=None):
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     args = parser.parse_args(argv)
+    if args.runs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error(f'--runs ({args.runs}) and --threads ({args.threads}) must be at least 1')
 
     import torch
     from torchvision.ops import RoIAlign, RoIPool
 
     from projects.acouplenet.roi_extractors import GatherRoIAlign, RangeMaxRoIPool
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     rows = []

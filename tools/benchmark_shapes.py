@@ -58,7 +58,10 @@ def parse_args(argv=None):
                         help="seed of the dataset every run shares (default: the dataset at --data-root, or "
                         "one generated with seed 0 where there is none); see main_job's --data-seed")
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        parser.error(f'--iters must be at least 1, got {args.iters}')
+    return args
 
 
 def table(rows) -> str:
@@ -139,8 +142,8 @@ def run(key: str, seed: int, args) -> dict:
     report_path = osp.join(work_dir, 'report.json')
     if osp.isfile(report_path):
         report = load_report(report_path)
-        expected = dict(config=config, seed=seed, iterations=args.iters or default_iterations(config),
-                        cfg_options=options, data_root=args.data_root)
+        iterations = default_iterations(config) if args.iters is None else args.iters
+        expected = dict(config=config, seed=seed, iterations=iterations, cfg_options=options, data_root=args.data_root)
         if args.data_seed is not None:
             expected['data_seed'] = args.data_seed
         check_reusable(report, report_path, expected)
@@ -148,7 +151,7 @@ def run(key: str, seed: int, args) -> dict:
         return report
     cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), '--config', config, '--work-dir', work_dir,
            '--data-root', args.data_root, '--seed', str(seed)]
-    if args.iters:
+    if args.iters is not None:
         cmd += ['--iters', str(args.iters)]
     if args.data_seed is not None:
         cmd += ['--data-seed', str(args.data_seed)]

@@ -124,7 +124,7 @@ def apply_torch_settings(args) -> None:
     import torch
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
 
 
@@ -328,7 +328,7 @@ def run_worker(args, extra: list, what: str):
     """Run this script as a worker process with ``extra`` arguments; its RESULT json."""
     cmd = [sys.executable, __file__, '--device', args.device, '--shape', *map(str, args.shape),
            '--warmup', str(args.warmup), '--runs', str(args.runs), *extra]
-    if args.threads:
+    if args.threads is not None:
         cmd += ['--threads', str(args.threads)]
     if args.tf32:
         cmd.append('--tf32')
@@ -348,9 +348,12 @@ def main(argv=None):
     if args.paired_worker:
         print('RESULT ' + json.dumps(paired_worker(args)), flush=True)
         return
-    if args.rounds < 1 or args.runs < 1 or args.paired < 0:
-        raise SystemExit(f'error: --rounds ({args.rounds}) and --runs ({args.runs}) must be at least 1, '
-                         f'--paired ({args.paired}) at least 0')
+    bad = [f'--{flag} {value}' for flag, value, least in (('rounds', args.rounds, 1), ('runs', args.runs, 1),
+                                                          ('threads', args.threads, 1), ('paired', args.paired, 0))
+           if value is not None and value < least]
+    if bad:
+        raise SystemExit(f'error: {", ".join(bad)}: --rounds, --runs and --threads must be at least 1, '
+                         f'--paired at least 0')
     if args.tf32 and not args.device.startswith('cuda'):
         raise SystemExit(f'error: --tf32 is a CUDA precision setting and does nothing on --device {args.device}; '
                          'drop --tf32 or run with --device cuda')
@@ -382,7 +385,7 @@ def main(argv=None):
     else:  # the CPU's model and the kernel level torch picks for it, which set the times
         host = host_info()
         device = f'cpu ({host["cpu"]}, {host["cpu_capability"]})'
-    threads = args.threads or torch.get_num_threads()
+    threads = torch.get_num_threads() if args.threads is None else args.threads
     runs = (f'median (the higher middle one of an even count) of {args.runs} runs'
             + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else ''))
     rcnn = paper_rcnn_test_cfg()

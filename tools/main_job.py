@@ -40,7 +40,12 @@ def parse_args(argv=None):
     parser.add_argument('--figure-images', type=int, default=4, help='val images in the picture')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override settings of the config, as key=value pairs (mmdet syntax)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for flag, value, least in (('--iters', args.iters, 1), ('--num-train', args.num_train, 1),
+                               ('--num-val', args.num_val, 1), ('--figure-images', args.figure_images, 1)):
+        if value is not None and value < least:
+            parser.error(f'{flag} must be at least {least}, got {value}')
+    return args
 
 
 def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerate=False) -> dict:
@@ -86,7 +91,7 @@ def build_cfg(args):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     set_coco_data_root(cfg, args.data_root)
-    set_iterations(cfg, args.iters or cfg.train_cfg.max_iters)
+    set_iterations(cfg, cfg.train_cfg.max_iters if args.iters is None else args.iters)
     # Evaluated once, by runner.test() after training: no validation loop (it would run at the last
     # iteration too).
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
@@ -142,6 +147,10 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.time()
     manifest = ensure_dataset(args.data_root, args.num_train, args.num_val, args.data_seed, args.regenerate)
+    empty = [split for split in ('train', 'val') if manifest['splits'][split]['images'] < 1]
+    if empty:  # before training, not after it: the job trains on train and evaluates on val
+        raise SystemExit(f'error: the dataset in {args.data_root} has no {" and no ".join(empty)} images; generate '
+                         f'one with images in both splits: --regenerate (--num-train N --num-val N)')
 
     from mmengine.runner import Runner
 
