@@ -193,6 +193,22 @@ def test_main_job_refuses_zero_counts_and_a_dataset_with_an_empty_split_before_t
     assert not (tmp_path / 'work').exists()
 
 
+def test_tools_name_a_missing_config_or_checkpoint(tmp_path, capsys):
+    train, test, main_job = load_tool('train'), load_tool('test'), load_tool('main_job')
+    missing = str(tmp_path / 'missing.py')
+    with pytest.raises(SystemExit, match=f'config {missing} not found'):
+        train.main([missing])
+    with pytest.raises(SystemExit, match=r'--resume .*nothing\.pth: checkpoint not found \(--resume without a value'):
+        train.main([str(SHAPES_CONFIG), '--resume', str(tmp_path / 'nothing.pth')])
+    with pytest.raises(SystemExit, match=f'config {missing} not found'):
+        test.main([missing, str(tmp_path / 'nothing.pth')])
+    with pytest.raises(SystemExit, match=r'checkpoint .*nothing\.pth not found'):
+        test.main([str(SHAPES_CONFIG), str(tmp_path / 'nothing.pth')])
+    with pytest.raises(SystemExit):
+        main_job.parse_args(['--config', 'configs/shapes/missing.py'])
+    assert '--config configs/shapes/missing.py: not found' in capsys.readouterr().err
+
+
 def test_loss_decreases_when_overfitting_a_few_images(tmp_path, tiny_shapes):
     cfg = tiny_train_cfg(tiny_shapes, tmp_path, iters=40, random_flip=False)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]

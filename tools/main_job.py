@@ -41,11 +41,18 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override settings of the config, as key=value pairs (mmdet syntax)')
     args = parser.parse_args(argv)
+    if not osp.isfile(config_path(args.config)):
+        parser.error(f'--config {args.config}: not found (paths are relative to the repository root)')
     for flag, value, least in (('--iters', args.iters, 1), ('--num-train', args.num_train, 1),
                                ('--num-val', args.num_val, 1), ('--figure-images', args.figure_images, 1)):
         if value is not None and value < least:
             parser.error(f'{flag} must be at least {least}, got {value}')
     return args
+
+
+def config_path(config: str) -> str:
+    """A config given relative to the repository root (so that the job runs from any directory), or absolute."""
+    return config if osp.isabs(config) else osp.join(REPO, config)
 
 
 def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerate=False) -> dict:
@@ -87,7 +94,7 @@ def build_cfg(args):
     from mmengine.config import Config
 
     from projects.acouplenet.runtime import prepare_cfg, set_coco_data_root, set_iterations
-    cfg = Config.fromfile(osp.join(REPO, args.config) if not osp.isabs(args.config) else args.config)
+    cfg = Config.fromfile(config_path(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     set_coco_data_root(cfg, args.data_root)

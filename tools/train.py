@@ -41,6 +41,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not osp.isfile(args.config):
+        raise SystemExit(f'config {args.config} not found')
+    if args.resume not in (None, 'auto') and '://' not in args.resume and not osp.isfile(args.resume):
+        raise SystemExit(f'--resume {args.resume}: checkpoint not found (--resume without a value resumes from the '
+                         f'latest checkpoint of the work dir)')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
