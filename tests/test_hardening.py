@@ -210,6 +210,33 @@ def test_checkpoints_with_arbitrary_objects_are_refused(tmp_path):
         torch.load(tmp_path / 'sneaky.pth')
 
 
+def test_unreadable_checkpoints_are_named_with_what_is_wrong(tmp_path):
+    """torch answers a cut or foreign file with a zip-reader error or advice to load unsafely; ours says what it is."""
+    from projects.acouplenet.safe_loading import load_checkpoint_file
+    from .conftest import load_tool
+    good = tmp_path / 'good.pth'
+    torch.save({'state_dict': {'w': torch.arange(1000.)}}, good)
+    torch.testing.assert_close(load_checkpoint_file(str(good))['state_dict']['w'], torch.arange(1000.))
+    (tmp_path / 'cut.pth').write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    (tmp_path / 'empty.pth').write_bytes(b'')
+    (tmp_path / 'text.pth').write_text('not a checkpoint\n')
+    for name, reason in (('cut', 'empty, truncated or corrupt: PytorchStreamReader failed reading zip archive'),
+                         ('empty', 'empty, truncated or corrupt'), ('text', 'corrupt or another format')):
+        with pytest.raises(ValueError, match=f'{name}\\.pth is not a readable PyTorch checkpoint \\({reason}'):
+            load_checkpoint_file(str(tmp_path / f'{name}.pth'))
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=_Payload()), tmp_path / 'evil.pth')
+    with pytest.raises(pickle.UnpicklingError, match=r'evil\.pth holds pickled objects that safe loading refuses '
+                                                     r'\(.*GLOBAL posix\.system.*\): only tensors') as info:
+        load_checkpoint_file(str(tmp_path / 'evil.pth'))
+    assert 'weights_only` set to `False`' not in str(info.value)  # no advice to turn the safety off
+    assert not (tmp_path / 'pwned_marker').exists() and not os.path.exists('pwned_marker')
+    # The tools say it in one line and write nothing.
+    for name in ('cut', 'evil'):
+        with pytest.raises(SystemExit, match=f'error: .*{name}\\.pth (is not a readable|holds pickled objects)'):
+            load_tool('model_zoo').main(['publish', str(tmp_path / f'{name}.pth'), str(tmp_path / 'published')])
+    assert not (tmp_path / 'published').exists() or not any((tmp_path / 'published').iterdir())
+
+
 def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     target = tmp_path / 'iter_4.pth'
     backend = AtomicLocalBackend()

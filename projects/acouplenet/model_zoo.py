@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from .fileio import sha256sum
+from .safe_loading import load_checkpoint_file
 
 REPO_MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'model-index.yml')
 CHUNK = 1 << 20
@@ -148,7 +149,7 @@ def publish(checkpoint: str, out_dir: str, name: Optional[str] = None) -> Dict[s
     Returns:
         dict: ``path`` and ``sha256`` of the published file.
     """
-    ckpt = torch.load(checkpoint, map_location='cpu')
+    ckpt = load_checkpoint_file(checkpoint)
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
         raise ValueError(f'{checkpoint} has no state_dict; is it an mmengine checkpoint?')
     meta = {k: v for k, v in (ckpt.get('meta') or {}).items() if k not in ('rng_state', )}
@@ -183,7 +184,7 @@ def convert_resnet(src: str, dst: str) -> Dict[str, List[str]]:
     Returns:
         dict: ``dropped`` keys (classifier, non-backbone).
     """
-    ckpt = torch.load(src, map_location='cpu')
+    ckpt = load_checkpoint_file(src)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f'{src} is not a ResNet state dict (torchvision or mmdet layout)')

@@ -59,6 +59,37 @@ def allow_mmengine_checkpoint_types() -> None:
     torch.serialization.add_safe_globals(_ALLOWED)
 
 
+def load_checkpoint_file(path: str):
+    """``torch.load`` of a checkpoint onto the CPU, safely, with errors that say what is wrong with the file.
+
+    torch answers a truncated or foreign file either with a zip-reader error or,
+    for a file that is not a zip, with its ``weights_only`` message, which then
+    suggests turning the safety off; neither names the file's problem.
+
+    Raises:
+        ValueError: the file is empty, truncated, corrupt or not a PyTorch
+            checkpoint.
+        pickle.UnpicklingError: it holds objects that safe loading refuses.
+    """
+    try:
+        return torch.load(path, map_location='cpu')
+    except pickle.UnpicklingError as exc:
+        # torch's message wraps the unpickler's reason (its last line) in advice to load unsafely.
+        text = str(exc)
+        lines = [line.strip() for line in text.split('Check the documentation')[0].splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        if 'GLOBAL' in reason or 'refusing getattr' in reason:
+            raise pickle.UnpicklingError(
+                f'{path} holds pickled objects that safe loading refuses ({reason}): only tensors, plain '
+                f'containers and the types mmengine stores are loaded. Load it only if you trust its source, and '
+                f'save its weights alone (torch.save(dict(state_dict=...))) to use it here') from exc
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (corrupt or another format: '
+                         f'{reason})') from exc
+    except (RuntimeError, EOFError) as exc:  # the zip reader's errors on a cut file; EOFError on an empty one
+        raise ValueError(f'{path} is not a readable PyTorch checkpoint (empty, truncated or corrupt: '
+                         f'{str(exc).split(". ")[0] or type(exc).__name__}); download or copy it again') from exc
+
+
 def checkpoint_mismatch(model: torch.nn.Module, checkpoint: Union[str, dict]) -> dict:
     """Keys of ``checkpoint``'s state dict that do not fit ``model``.
 
@@ -75,7 +106,7 @@ def checkpoint_mismatch(model: torch.nn.Module, checkpoint: Union[str, dict]) ->
     from mmengine.model import BaseTTAModel, is_model_wrapper
     if is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module  # a checkpoint holds the inner detector (mmengine's load_state_dict unwraps alike)
-    ckpt = torch.load(checkpoint, map_location='cpu') if isinstance(checkpoint, str) else checkpoint
+    ckpt = load_checkpoint_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else {}
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
     own = model.state_dict()
@@ -125,7 +156,7 @@ def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> t
     from mmdet.apis import init_detector
     from mmengine.config import Config
     cfg = Config.fromfile(config)
-    loaded = torch.load(checkpoint, map_location='cpu')
+    loaded = load_checkpoint_file(checkpoint)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=r'dataset_meta or class names are not saved')
         model = init_detector(cfg, checkpoint, device=device)
