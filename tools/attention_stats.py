@@ -10,7 +10,6 @@ size, and on the cells no box touches (the background, i.e. the context the glob
 import argparse
 import json
 import os.path as osp
-import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -45,7 +44,7 @@ def main(argv=None):
     from projects.acouplenet.visualization import attention_by_object_size
     try:
         model = init_detector_strict(args.config, args.checkpoint, device=args.device)
-    except (ValueError, pickle.UnpicklingError) as exc:
+    except ValueError as exc:
         sys.exit(f'error: {exc}')
     if not getattr(model.backbone, 'attention_blocks', None):
         sys.exit(f'error: {args.config} has no attention blocks (attention_stages=()): nothing to measure')

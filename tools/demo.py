@@ -7,7 +7,6 @@ One row per image: the detections, then one panel per attention block (strides 4
 """
 import argparse
 import os.path as osp
-import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -31,7 +30,7 @@ def main(argv=None):
     try:
         model = init_detector_strict(args.config, args.checkpoint, device=args.device)
         out = attention_figure(model, args.images, args.out, score_thr=args.score_thr)
-    except (ValueError, pickle.UnpicklingError) as exc:
+    except ValueError as exc:
         sys.exit(f'error: {exc}')
     print(out)
     return out

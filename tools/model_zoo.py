@@ -14,7 +14,6 @@ same index (without verifying hashes).
 """
 import argparse
 import os.path as osp
-import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -71,8 +70,7 @@ def main(argv=None):
             print(f'{args.dst}: dropped {len(out["dropped"])} key(s) {out["dropped"][:4]}'
                   f'{" ..." if len(out["dropped"]) > 4 else ""}; use it as the wrapped ResNet\'s '
                   f'init_cfg=dict(type="Pretrained", checkpoint="{args.dst}")')
-    except (KeyError, ValueError, model_zoo.ChecksumError, model_zoo.DownloadError, FileNotFoundError,
-            pickle.UnpicklingError) as exc:
+    except (KeyError, ValueError, model_zoo.ChecksumError, model_zoo.DownloadError, FileNotFoundError) as exc:
         sys.exit(f'error: {exc.args[0] if isinstance(exc, KeyError) else exc}')
 
 

@@ -59,6 +59,11 @@ def allow_mmengine_checkpoint_types() -> None:
     torch.serialization.add_safe_globals(_ALLOWED)
 
 
+class RefusedCheckpointError(pickle.UnpicklingError, ValueError):
+    """A checkpoint holds pickled objects that safe loading refuses: an unpickling error, and a bad input
+    (``ValueError``) for the tools that report bad files in one line."""
+
+
 def load_checkpoint_file(path: str):
     """``torch.load`` of a checkpoint onto the CPU, safely, with errors that say what is wrong with the file.
 
@@ -69,7 +74,8 @@ def load_checkpoint_file(path: str):
     Raises:
         ValueError: the file is empty, truncated, corrupt or not a PyTorch
             checkpoint.
-        pickle.UnpicklingError: it holds objects that safe loading refuses.
+        RefusedCheckpointError: it holds objects that safe loading refuses (a
+            ``pickle.UnpicklingError`` and a ``ValueError``).
     """
     try:
         return torch.load(path, map_location='cpu')
@@ -79,7 +85,7 @@ def load_checkpoint_file(path: str):
         lines = [line.strip() for line in text.split('Check the documentation')[0].splitlines() if line.strip()]
         reason = lines[-1] if lines else type(exc).__name__
         if 'GLOBAL' in reason or 'refusing getattr' in reason:
-            raise pickle.UnpicklingError(
+            raise RefusedCheckpointError(
                 f'{path} holds pickled objects that safe loading refuses ({reason}): only tensors, plain '
                 f'containers and the types mmengine stores are loaded. Load it only if you trust its source, and '
                 f'save its weights alone (torch.save(dict(state_dict=...))) to use it here') from exc
