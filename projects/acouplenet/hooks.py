@@ -1,7 +1,7 @@
 """Training hooks: exact resumption and a guard against non-finite losses."""
 import math
 import random
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -103,6 +103,13 @@ class NonFiniteLossHook(Hook):
 
 
 
+def class_count_mismatches(model: torch.nn.Module, num_names: int) -> List[Tuple[str, torch.nn.Module]]:
+    """``(name, module)`` of every head whose ``num_classes`` is not ``num_names`` (the class-agnostic RPN aside)."""
+    return [(name, module) for name, module in model.named_modules()
+            if not name.endswith('rpn_head') and isinstance(getattr(module, 'num_classes', None), int)
+            and module.num_classes != num_names]
+
+
 @HOOKS.register_module()
 class ClassCountCheckHook(Hook):
     """Check every head's ``num_classes`` against the dataset's classes, before training, validation and
@@ -120,14 +127,13 @@ class ClassCountCheckHook(Hook):
         if isinstance(classes, str):
             raise ValueError(f'metainfo classes of the {mode} dataset is the string {classes!r}; write a tuple, '
                              f'e.g. classes=({classes!r}, )')
-        for name, module in runner.model.named_modules():
-            if name.endswith('rpn_head') or not isinstance(getattr(module, 'num_classes', None), int):
-                continue
-            if module.num_classes != len(classes):
-                raise ValueError(f'{name} ({type(module).__name__}) has num_classes={module.num_classes}, but the '
-                                 f'{mode} dataset {type(dataset).__name__} has {len(classes)} classes '
-                                 f'{tuple(classes)}. Set model.roi_head.bbox_head.num_classes={len(classes)}, or '
-                                 f'give the dataset the classes the model was built for (metainfo=dict(classes=...))')
+        mismatched = class_count_mismatches(runner.model, len(classes))
+        if mismatched:
+            name, module = mismatched[0]
+            raise ValueError(f'{name} ({type(module).__name__}) has num_classes={module.num_classes}, but the '
+                             f'{mode} dataset {type(dataset).__name__} has {len(classes)} classes '
+                             f'{tuple(classes)}. Set model.roi_head.bbox_head.num_classes={len(classes)}, or '
+                             f'give the dataset the classes the model was built for (metainfo=dict(classes=...))')
 
     def before_train_epoch(self, runner) -> None:
         self._check(runner, runner.train_dataloader.dataset, 'train')

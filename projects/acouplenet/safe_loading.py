@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from mmengine.logging import print_log
 
+from .hooks import class_count_mismatches
+
 _ALLOWED: List[object] = []
 
 
@@ -168,22 +170,24 @@ def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> t
         model = init_detector(cfg, checkpoint, device=device)
     assert_checkpoint_fits(model, checkpoint, config, loaded=loaded)
     meta = (loaded.get('meta') or {}) if isinstance(loaded, dict) else {}
-    if 'dataset_meta' not in meta and 'CLASSES' not in meta:
+    named_in_checkpoint = 'dataset_meta' in meta or 'CLASSES' in meta
+    if not named_in_checkpoint:
         classes = tuple(_test_dataset_metainfo(cfg)['classes'])
         print_log(f'{checkpoint} holds no class names (meta.dataset_meta); the detections are named after the '
                   f'classes of the test dataset of {config}: {", ".join(classes[:5])}'
                   f'{" ..." if len(classes) > 5 else ""} ({len(classes)} in all)', logger='current',
                   level=logging.WARNING)
         model.dataset_meta['classes'] = classes
-    num_classes = getattr(getattr(getattr(model, 'roi_head', None), 'bbox_head', None), 'num_classes', None)
-    if num_classes is not None and len(model.dataset_meta['classes']) != num_classes:
-        names = len(model.dataset_meta['classes'])
-        if 'dataset_meta' in meta or 'CLASSES' in meta:
+    names = len(model.dataset_meta['classes'])
+    mismatched = class_count_mismatches(model, names)
+    if mismatched:
+        head = mismatched[0][1]
+        if named_in_checkpoint:
             raise ValueError(f'{checkpoint} names {names} classes in its meta, but the model of {config} predicts '
-                             f'{num_classes}; use the config the checkpoint was trained with')
-        raise ValueError(f'the test dataset of {config} has {names} classes, but its model predicts {num_classes} '
-                         f'and {checkpoint} names none; set the dataset\'s metainfo=dict(classes=...) to the '
-                         f'{num_classes} classes the checkpoint was trained on')
+                             f'{head.num_classes}; use the config the checkpoint was trained with')
+        raise ValueError(f'the test dataset of {config} has {names} classes, but its model predicts '
+                         f'{head.num_classes} and {checkpoint} names none; set the dataset\'s '
+                         f'metainfo=dict(classes=...) to the {head.num_classes} classes the checkpoint was trained on')
     return model
 
 
