@@ -43,10 +43,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if not osp.isfile(config_path(args.config)):
         parser.error(f'--config {args.config}: not found (paths are relative to the repository root)')
-    for flag, value, least in (('--iters', args.iters, 1), ('--num-train', args.num_train, 1),
-                               ('--num-val', args.num_val, 1), ('--figure-images', args.figure_images, 1)):
-        if value is not None and value < least:
-            parser.error(f'{flag} must be at least {least}, got {value}')
+    for flag, value in (('--iters', args.iters), ('--num-train', args.num_train), ('--num-val', args.num_val),
+                        ('--figure-images', args.figure_images)):
+        if value is not None and value < 1:  # 0 is not "the default"
+            parser.error(f'{flag} must be at least 1, got {value}')
     return args
 
 
