@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
@@ -132,8 +133,6 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
 
 def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
     """Each variant's overrides, merged as main_job merges ``--cfg-options``, change the built model."""
-    from mmengine.config import Config
-
     from mmdet.registry import MODELS
     bench = load_tool('benchmark_shapes')
 
@@ -209,6 +208,32 @@ def test_tools_name_a_missing_config_or_checkpoint(tmp_path, capsys):
     assert '--config configs/shapes/missing.py: not found' in capsys.readouterr().err
 
 
+def test_train_names_a_cut_checkpoint_to_resume_from_before_building_anything(tmp_path):
+    """An explicit --resume file and the work dir's latest checkpoint (--resume without a value) are read
+    before the runner is built; a cut one is named with what is wrong and left as it is."""
+    train = load_tool('train')
+    whole = tmp_path / 'whole.pth'
+    torch.save(dict(state_dict={'w': torch.zeros(256, 256)}, meta=dict(iter=2)), whole)
+    cut = tmp_path / 'work' / 'iter_4.pth'
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+    size = cut.stat().st_size
+    with pytest.raises(SystemExit, match=r'cannot resume from --resume .*iter_4\.pth: .*iter_4\.pth is not a readable '
+                                         r'PyTorch checkpoint \(empty, truncated or corrupt.*--resume PATH'):
+        train.main([str(SHAPES_CONFIG), '--resume', str(cut), '--work-dir', str(tmp_path / 'other')])
+    (cut.parent / 'last_checkpoint').write_text(str(cut))
+    with pytest.raises(SystemExit, match=r'cannot resume from .*iter_4\.pth, the latest checkpoint of the work dir '
+                                         r'\(named in .*last_checkpoint\): .*truncated'):
+        train.main([str(SHAPES_CONFIG), '--resume', '--work-dir', str(cut.parent)])
+    (cut.parent / 'last_checkpoint').write_text(str(tmp_path / 'work' / 'iter_6.pth'))
+    with pytest.raises(SystemExit, match=r'iter_6\.pth, the latest checkpoint .*: checkpoint not found'):
+        train.main([str(SHAPES_CONFIG), '--resume', '--work-dir', str(cut.parent)])
+    assert cut.stat().st_size == size and not (tmp_path / 'other').exists()
+    train.check_resume_checkpoint(Config(dict(work_dir=str(cut.parent), resume=True, load_from=str(whole))))
+    train.check_resume_checkpoint(Config(dict(work_dir=str(tmp_path / 'new'), resume=True)))  # starts afresh
+    assert sorted(p.name for p in cut.parent.iterdir()) == ['iter_4.pth', 'last_checkpoint']
+
+
 def test_loss_decreases_when_overfitting_a_few_images(tmp_path, tiny_shapes):
     cfg = tiny_train_cfg(tiny_shapes, tmp_path, iters=40, random_flip=False)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=5)]
@@ -256,7 +281,9 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_shapes):
         Runner.from_cfg(cfg).train()
     assert (tmp_path / 'cut' / 'iter_3.pth').is_file() and not (tmp_path / 'cut' / 'iter_6.pth').exists()
 
-    # torch >= 2.6 loads weights_only: this resume exercises the allow-list of mmengine's types.
+    # torch >= 2.6 loads weights_only: this resume exercises the allow-list of mmengine's types, as does
+    # tools/train.py's check of the work dir's latest checkpoint (--resume without a value).
+    load_tool('train').check_resume_checkpoint(Config(dict(work_dir=str(tmp_path / 'cut'), resume=True)))
     cfg = _resume_cfg(tiny_shapes, tmp_path / 'cut', 'resumed')
     cfg.resume = True
     cfg.load_from = str(tmp_path / 'cut' / 'iter_3.pth')

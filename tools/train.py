@@ -12,10 +12,11 @@ import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
 from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg  # noqa: E402
+from projects.acouplenet.safe_loading import load_checkpoint_file  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,13 +40,35 @@ def parse_args(argv=None):
     return args
 
 
+def check_resume_checkpoint(cfg) -> None:
+    """Refuse, before anything is built, a checkpoint to resume from that is missing or unreadable.
+
+    mmengine would fail on it only after building the runner, with torch's
+    zip-reader error or its advice to load unsafely. Reads the file once more
+    (seconds, once per run); a URL is left to mmengine.
+    """
+    auto = cfg.get('load_from') is None  # mmengine resumes from the work dir's last_checkpoint then
+    if auto and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
+        return  # no checkpoint yet: mmengine logs it and starts afresh
+    path = find_latest_checkpoint(cfg.work_dir) if auto else cfg.load_from
+    if not path or '://' in path:
+        return
+    named = (f'{path}, the latest checkpoint of the work dir (named in {osp.join(cfg.work_dir, "last_checkpoint")})'
+             if auto else f'--resume {path}')
+    if not osp.isfile(path):
+        raise SystemExit(f'{named}: checkpoint not found (--resume without a value resumes from the latest '
+                         f'checkpoint of the work dir, --resume PATH from another)')
+    try:
+        load_checkpoint_file(path)
+    except ValueError as exc:
+        raise SystemExit(f'cannot resume from {named}: {exc}. Resume from an earlier checkpoint of the work dir '
+                         f'with --resume PATH') from exc
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.config):
         raise SystemExit(f'config {args.config} not found')
-    if args.resume not in (None, 'auto') and '://' not in args.resume and not osp.isfile(args.resume):
-        raise SystemExit(f'--resume {args.resume}: checkpoint not found (--resume without a value resumes from the '
-                         f'latest checkpoint of the work dir)')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -65,6 +88,8 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+    if cfg.get('resume', False):
+        check_resume_checkpoint(cfg)
     prepare_cfg(cfg, amp=args.amp)
     init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
