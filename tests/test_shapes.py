@@ -118,8 +118,14 @@ def test_written_atomically(tmp_path, monkeypatch):
     assert json.loads((root / shapes.MANIFEST).read_text())['splits']['val']['images'] == 2
 
 
-@pytest.mark.parametrize('bad', [dict(min_size=200, max_size=100), dict(occlusion=1.5), dict(image_size=(8, 8)),
-                                 dict(max_objects=0)])
-def test_bad_options(tmp_path, bad):
-    with pytest.raises(ValueError, match='ShapesConfig'):
+@pytest.mark.parametrize('bad,message', [
+    (dict(min_size=200, max_size=100), r'need 4 <= min_size <= max_size'),
+    (dict(occlusion=1.5), r'occlusion and truncation must be in \[0, 1\]'),
+    (dict(image_size=(8, 8)), r'image_size must be at least 32 x 32'),
+    (dict(max_objects=0), r'max_objects must be >= 1'),
+    (dict(image_size=(32, 48), min_size=40, max_size=60), r'min_size 40 does not fit a 32 x 48 image: keep it at '
+                                                          r'most the shorter side, 32')])
+def test_bad_options(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=f'ShapesConfig: {message}'):
         generate(str(tmp_path / 'x'), ShapesConfig(**bad))
+    assert not (tmp_path / 'x').exists()

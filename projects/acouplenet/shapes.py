@@ -85,6 +85,9 @@ class ShapesConfig:
             (self.max_objects >= 1, 'max_objects must be >= 1'),
             (0 <= self.empty_fraction <= 1, 'empty_fraction must be in [0, 1]'),
             (4 <= self.min_size <= self.max_size, 'need 4 <= min_size <= max_size'),
+            # (larger, every object would overflow the image and all would be annotated as the whole image)
+            (self.min_size <= min(h, w), f'min_size {self.min_size} does not fit a {h} x {w} image: keep it at '
+                                         f'most the shorter side, {min(h, w)}'),
             (0 <= self.occlusion <= 1 and 0 <= self.truncation <= 1, 'occlusion and truncation must be in [0, 1]'),
             (self.distractors >= 0 and self.clutter >= 0, 'distractors and clutter must be >= 0'),
             (0 <= self.min_visible < 1, 'min_visible must be in [0, 1)'),
