@@ -145,14 +145,15 @@ def test_convert_resnet_weights_into_attention_backbone(tmp_path, layout):
     import torchvision
     source = torchvision.models.resnet18(weights=None).state_dict()
     if layout == 'mmdet':
-        saved = dict(state_dict={f'backbone.{k}': v for k, v in source.items() if not k.startswith('fc.')},
-                     meta={})
+        # a detector's checkpoint: its backbone is converted, the rest reported as dropped
+        saved = dict(state_dict={**{f'backbone.{k}': v for k, v in source.items() if not k.startswith('fc.')},
+                                 'rpn_head.rpn_conv.weight': torch.zeros(2, 2)}, meta={})
     else:
         saved = source
     torch.save(saved, tmp_path / 'resnet18.pth')
     out = model_zoo.convert_resnet(str(tmp_path / 'resnet18.pth'), str(tmp_path / 'converted.pth'))
-    if layout == 'torchvision':
-        assert set(out['dropped']) >= {'fc.weight', 'fc.bias'}
+    assert set(out['dropped']) >= ({'fc.weight', 'fc.bias'} if layout == 'torchvision' else
+                                   {'rpn_head.rpn_conv.weight'})
     backbone = MODELS.build(dict(
         type='AttentionBackbone', attention_stages=(0, 1, 2), attention_channels=8,
         backbone=dict(type='ResNet', depth=18, init_cfg=dict(type='Pretrained',

@@ -175,22 +175,25 @@ def convert_resnet(src: str, dst: str) -> Dict[str, List[str]]:
 
     Accepts torchvision's layout (``conv1.weight``, ``bn1.*``, ``layerX.Y.*``,
     ``fc.*``; a bare state dict) and mmdet/mmcv's (the same names, possibly
-    under ``state_dict`` and with a ``backbone.`` prefix). The classifier is
-    dropped. The result, ``{'state_dict': ...}`` with backbone-level keys, is
-    what ``init_cfg=dict(type='Pretrained', checkpoint=dst)`` of the wrapped
-    ResNet expects; the attention blocks are not in it and keep their
-    N(0, 0.01) initialisation.
+    under ``state_dict`` and with a ``backbone.`` prefix, as in a detector's
+    checkpoint, whose other weights are dropped). The classifier is dropped.
+    The result, ``{'state_dict': ...}`` with backbone-level keys, is what
+    ``init_cfg=dict(type='Pretrained', checkpoint=dst)`` of the wrapped ResNet
+    expects. ImageNet weights have no attention blocks, which then keep their
+    N(0, 0.01) initialisation; an ACoupleNet checkpoint's blocks load with the
+    rest.
 
     Returns:
-        dict: ``dropped`` keys (classifier, non-backbone).
+        dict: ``dropped`` keys (classifier, a detector's non-backbone weights).
     """
     ckpt = load_checkpoint_file(src)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f'{src} is not a ResNet state dict (torchvision or mmdet layout)')
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     kept, dropped = {}, []
+    if any(k.startswith('backbone.') for k in state):  # a detector's: its backbone (attention blocks included)
+        dropped = [k for k in state if not k.startswith('backbone.')]
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     for key, value in state.items():
         if key.startswith(('fc.', 'head.', 'classifier.')) or key.endswith('num_batches_tracked'):
             dropped.append(key)
