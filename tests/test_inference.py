@@ -268,3 +268,26 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_
     cfg.test_dataloader.dataset.pipeline = cfg.test_dataloader.dataset.pipeline[:-1]  # no PackDetInputs last
     with pytest.raises(ValueError, match=r'ends with LoadAnnotations\. Add a tta_pipeline to the config'):
         apply_tta(cfg)
+
+
+def test_tools_refuse_a_device_this_machine_lacks_before_loading_anything(checkpoint, images, capsys):
+    """demo, attention_stats and benchmark_speed check --device when parsing it (torch would fail deep in
+    model loading with "Found no NVIDIA driver" on a CPU-only machine)."""
+    import argparse
+
+    from projects.acouplenet.runtime import device_arg
+    missing_cuda = 'cuda' if not torch.cuda.is_available() else f'cuda:{torch.cuda.device_count()}'
+    expected = ('CUDA is not available here' if not torch.cuda.is_available() else
+                f'this machine has {torch.cuda.device_count()} CUDA device(s)')
+    with pytest.raises(argparse.ArgumentTypeError, match=expected):
+        device_arg(missing_cuda)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'gpu' is not a device: pass cpu, cuda or cuda:N"):
+        device_arg('gpu')
+    with pytest.raises(argparse.ArgumentTypeError, match=r'the tools run on cpu or cuda\[:N\], not meta'):
+        device_arg('meta')
+    assert device_arg('cpu') == 'cpu'
+    for tool, argv in (('demo', [images[0], '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)]),
+                       ('attention_stats', [str(SHAPES_CONFIG), str(checkpoint)]), ('benchmark_speed', [])):
+        with pytest.raises(SystemExit):
+            load_tool(tool).main(argv + ['--device', missing_cuda])
+        assert f'argument --device: {missing_cuda}: {expected}' in capsys.readouterr().err, tool

@@ -23,6 +23,7 @@ def format_table(rows):
 
 
 def main(argv=None):
+    from projects.acouplenet.runtime import device_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint')
@@ -30,7 +31,7 @@ def main(argv=None):
                         help='holds annotations/instances_<split>.json and <split>/ images')
     parser.add_argument('--split', default='val')
     parser.add_argument('--max-images', type=int, default=None)
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--out', default=None, help='also write the rows as json')
     args = parser.parse_args(argv)
     ann_file = osp.join(args.data_root, 'annotations', f'instances_{args.split}.json')

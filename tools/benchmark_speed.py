@@ -66,8 +66,10 @@ DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'faster-rcnn-300', 'faster-
 
 
 def parse_args(argv=None):
+    sys.path.insert(0, REPO)
+    from projects.acouplenet.runtime import device_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--shape', type=int, nargs=2, default=(600, 1000), metavar=('HEIGHT', 'WIDTH'))
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=5, help='timed runs per model and round')
@@ -341,7 +343,6 @@ def run_worker(args, extra: list, what: str):
 
 def main(argv=None):
     args = parse_args(argv)
-    sys.path.insert(0, REPO)
     if args.worker:
         print('RESULT ' + json.dumps(worker(args)), flush=True)
         return

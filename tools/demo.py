@@ -13,12 +13,13 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def main(argv=None):
+    from projects.acouplenet.runtime import device_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--config', required=True)
     parser.add_argument('--checkpoint', required=True)
     parser.add_argument('--out', default='demo.png', help='PNG to write')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--score-thr', type=float, default=0.3)
     args = parser.parse_args(argv)
     missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]

@@ -75,6 +75,30 @@ def apply_tta(cfg: Config) -> Config:
     return cfg
 
 
+def device_arg(value: str) -> str:
+    """``--device`` of the tools (an argparse ``type``): ``cpu``, ``cuda`` or ``cuda:N`` that this machine has.
+
+    Without it, ``--device cuda`` on a CPU-only machine fails deep in model
+    loading with torch's "Found no NVIDIA driver".
+    """
+    import argparse
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a device: pass cpu, cuda or cuda:N') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f'{value}: CUDA is not available here (torch {torch.__version__}, '
+                                             f'no usable GPU or driver); pass --device cpu')
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f'{value}: this machine has {count} CUDA device(s), cuda:0 to '
+                                             f'cuda:{count - 1}')
+    elif device.type != 'cpu':
+        raise argparse.ArgumentTypeError(f'{value}: the tools run on cpu or cuda[:N], not {device.type}')
+    return value
+
+
 def init_cpu_distributed(launcher: str) -> None:
     """Start the gloo process group of a CPU-only distributed run.
 
