@@ -208,6 +208,20 @@ def test_tools_name_a_missing_config_or_checkpoint(tmp_path, capsys):
     assert '--config configs/shapes/missing.py: not found' in capsys.readouterr().err
 
 
+def test_main_job_refuses_a_config_not_for_the_shapes_data_before_generating_it(tmp_path):
+    main_job = load_tool('main_job')
+    for config, reads in (('configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py',
+                           'annotations/instances_train2017.json'),
+                          ('configs/acouplenet/acouplenet_r101_1xb2-ms-110k_voc0712.py',
+                           r'a ConcatDataset \(no single ann_file\)')):
+        with pytest.raises(SystemExit, match=f'--config {config} reads {reads} for its train_dataloader, not the '
+                                             r"shapes dataset's annotations/instances_train\.json: the main job "
+                                             r'trains the configs under configs/shapes/'):
+            main_job.main(['--config', config, '--data-root', str(tmp_path / 'data'),
+                           '--work-dir', str(tmp_path / 'work')])
+    assert not (tmp_path / 'data').exists() and not (tmp_path / 'work').exists()
+
+
 def test_train_names_a_cut_checkpoint_to_resume_from_before_building_anything(tmp_path):
     """An explicit --resume file and the work dir's latest checkpoint (--resume without a value) are read
     before the runner is built; a cut one is named with what is wrong and left as it is."""

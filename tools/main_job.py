@@ -97,6 +97,16 @@ def build_cfg(args):
     cfg = Config.fromfile(config_path(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    for loader, split in (('train_dataloader', 'train'), ('test_dataloader', 'val')):
+        dataset = cfg[loader].dataset
+        while 'dataset' in dataset:  # RepeatDataset and the like
+            dataset = dataset.dataset
+        expected = f'annotations/instances_{split}.json'
+        if dataset.get('ann_file') != expected:
+            reads = dataset.get('ann_file') or f'a {dataset.get("type")} (no single ann_file)'
+            raise SystemExit(f'error: --config {args.config} reads {reads} for its {loader}, not the shapes dataset\'s {expected}: the main job trains the configs '
+                             f'under configs/shapes/ (or yours derived from one); train COCO and VOC configs with '
+                             f'tools/train.py')
     set_coco_data_root(cfg, args.data_root)
     set_iterations(cfg, cfg.train_cfg.max_iters if args.iters is None else args.iters)
     # Evaluated once, by runner.test() after training: no validation loop (it would run at the last
@@ -153,6 +163,7 @@ def write_report(work_dir: str, report: dict) -> None:
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
+    cfg = build_cfg(args)  # (first: a config that is not for the shapes data is refused before generating it)
     manifest = ensure_dataset(args.data_root, args.num_train, args.num_val, args.data_seed, args.regenerate)
     empty = [split for split in ('train', 'val') if manifest['splits'][split]['images'] < 1]
     if empty:  # before training, not after it: the job trains on train and evaluates on val
@@ -166,7 +177,6 @@ def main(argv=None):
     from projects.acouplenet.shapes import fingerprint
     from projects.acouplenet.visualization import attention_figure
 
-    cfg = build_cfg(args)
     runner = Runner.from_cfg(cfg)
     t0 = time.time()
     runner.train()
