@@ -111,11 +111,25 @@ def test_written_atomically(tmp_path, monkeypatch):
     assert is_complete(str(root), ShapesConfig(**SMALL)) and not is_complete(str(root), ShapesConfig(seed=9))
     with pytest.raises(FileExistsError, match='overwrite'):
         generate(str(root), ShapesConfig(**SMALL))
-    (root / shapes.MANIFEST).unlink()
-    assert not is_complete(str(root))
     manifest = generate(str(root), ShapesConfig(**dict(SMALL, num_val=2)), overwrite=True)
     assert manifest['splits']['val']['images'] == 2
     assert json.loads((root / shapes.MANIFEST).read_text())['splits']['val']['images'] == 2
+    assert sorted(os.listdir(tmp_path)) == ['shapes']  # the replaced dataset is gone, no leftovers
+
+    # overwrite replaces a generated dataset or an empty folder, nothing else (a mistyped path loses no data)
+    (root / shapes.MANIFEST).unlink()
+    assert not is_complete(str(root))
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'notes.txt').write_text('keep')
+    for folder in (root, mine, mine / 'notes.txt'):
+        with pytest.raises(FileExistsError, match=f'{folder} holds something other than a generated dataset '
+                                                  r'\(no manifest\.json\); refusing to replace it'):
+            generate(str(folder), ShapesConfig(**SMALL), overwrite=True)
+    assert sorted(os.listdir(root)) == ['annotations', 'train', 'val'] and (mine / 'notes.txt').read_text() == 'keep'
+    (tmp_path / 'empty').mkdir()
+    generate(str(tmp_path / 'empty'), ShapesConfig(**SMALL), overwrite=True)
+    assert is_complete(str(tmp_path / 'empty'), ShapesConfig(**SMALL))
 
 
 @pytest.mark.parametrize('bad,message', [

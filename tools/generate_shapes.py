@@ -17,7 +17,8 @@ from projects.acouplenet.shapes import ShapesConfig, generate  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('out', help='dataset folder to create')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing dataset')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace a dataset generated there before (a folder with its manifest.json; nothing else)')
     for f in dataclasses.fields(ShapesConfig):
         flag = '--' + f.name.replace('_', '-')
         if f.name == 'image_size':

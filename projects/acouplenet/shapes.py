@@ -360,12 +360,18 @@ def generate(root: str, cfg: ShapesConfig = ShapesConfig(), overwrite: bool = Fa
     """Write the dataset to ``root`` atomically; returns the manifest.
 
     Raises:
-        FileExistsError: ``root`` exists and ``overwrite`` is False.
+        FileExistsError: ``root`` exists and ``overwrite`` is False, or it
+            holds something other than a generated dataset (``overwrite``
+            replaces only a dataset with its manifest, or an empty folder).
     """
     cfg.validate()
     root = os.path.abspath(root)
     if os.path.exists(root) and not overwrite:
         raise FileExistsError(f'{root} already exists; pass overwrite=True (--overwrite) to replace it')
+    if os.path.exists(root) and not os.path.isfile(os.path.join(root, MANIFEST)) and \
+            not (os.path.isdir(root) and not os.listdir(root)):
+        raise FileExistsError(f'{root} holds something other than a generated dataset (no {MANIFEST}); refusing to '
+                              f'replace it: move it away or choose another folder')
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(root)}.partial-', dir=parent)
