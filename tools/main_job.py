@@ -104,9 +104,9 @@ def build_cfg(args):
         expected = f'annotations/instances_{split}.json'
         if dataset.get('ann_file') != expected:
             reads = dataset.get('ann_file') or f'a {dataset.get("type")} (no single ann_file)'
-            raise SystemExit(f'error: --config {args.config} reads {reads} for its {loader}, not the shapes dataset\'s {expected}: the main job trains the configs '
-                             f'under configs/shapes/ (or yours derived from one); train COCO and VOC configs with '
-                             f'tools/train.py')
+            raise SystemExit(f'error: --config {args.config} reads {reads} for its {loader}, not the shapes '
+                             f'dataset\'s {expected}: the main job trains the configs under configs/shapes/ (or '
+                             f'yours derived from one); train COCO and VOC configs with tools/train.py')
     set_coco_data_root(cfg, args.data_root)
     set_iterations(cfg, cfg.train_cfg.max_iters if args.iters is None else args.iters)
     # Evaluated once, by runner.test() after training: no validation loop (it would run at the last
