@@ -83,6 +83,10 @@ def test_demo_writes_the_figure(checkpoint, images, tmp_path):
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
     with pytest.raises(SystemExit, match='not found'):
         demo.main(['missing.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)])
+    before = open(images[1], 'rb').read()
+    with pytest.raises(SystemExit, match=r'--out .* is one of the inputs and would be overwritten'):
+        demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out', images[1]])
+    assert open(images[1], 'rb').read() == before
     # A checkpoint of another model is refused, not run with random weights as init_detector would.
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
     state.pop('roi_head.bbox_head.fc_cls.weight')

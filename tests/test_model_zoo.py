@@ -168,11 +168,17 @@ def test_convert_resnet_weights_into_attention_backbone(tmp_path, layout):
         assert 0.005 < block.conv1.weight.std() < 0.015  # kept their N(0, 0.01) initialisation
 
 
-def test_convert_rejects_non_resnet(tmp_path):
+def test_convert_rejects_non_resnet_and_converting_in_place(tmp_path):
     torch.save({'classifier.weight': torch.zeros(2, 2)}, tmp_path / 'x.pth')
     with pytest.raises(ValueError, match='does not look like a ResNet'):
         model_zoo.convert_resnet(str(tmp_path / 'x.pth'), str(tmp_path / 'y.pth'))
     assert not (tmp_path / 'y.pth').exists()
+    import torchvision
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / 'r18.pth')
+    before = (tmp_path / 'r18.pth').read_bytes()
+    with pytest.raises(ValueError, match=r'r18\.pth is the source file: converting in place would replace it'):
+        model_zoo.convert_resnet(str(tmp_path / 'r18.pth'), str(tmp_path / '.' / 'r18.pth'))
+    assert (tmp_path / 'r18.pth').read_bytes() == before
 
 
 def test_mim_download_reads_the_installed_package(server, tmp_path):

@@ -25,6 +25,8 @@ def main(argv=None):
     missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')
+    if any(osp.exists(args.out) and osp.samefile(args.out, p) for p in args.images + [args.config, args.checkpoint]):
+        sys.exit(f'error: --out {args.out} is one of the inputs and would be overwritten; choose another --out')
 
     from projects.acouplenet.safe_loading import init_detector_strict
     from projects.acouplenet.visualization import attention_figure

@@ -186,6 +186,9 @@ def convert_resnet(src: str, dst: str) -> Dict[str, List[str]]:
     Returns:
         dict: ``dropped`` keys (classifier, a detector's non-backbone weights).
     """
+    if osp.exists(dst) and osp.samefile(src, dst):
+        raise ValueError(f'{dst} is the source file: converting in place would replace it with its backbone '
+                         f'weights alone; choose another destination')
     ckpt = load_checkpoint_file(src)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
