@@ -168,8 +168,10 @@ def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
     main_job = load_tool('main_job')
     (tmp_path / 'shapes').mkdir()
     (tmp_path / 'shapes' / 'something.txt').write_text('not a dataset')
-    with pytest.raises(RuntimeError, match='no complete generated dataset'):
-        main_job.ensure_dataset(str(tmp_path / 'shapes'))
+    with pytest.raises(SystemExit, match=r'shapes exists but holds no complete generated dataset \(manifest\.json '
+                                         r'is missing\); move it away or pass another --data-root'):
+        main_job.main(['--data-root', str(tmp_path / 'shapes'), '--work-dir', str(tmp_path / 'work')])
+    assert os.listdir(tmp_path / 'shapes') == ['something.txt'] and not (tmp_path / 'work').exists()
 
 
 def test_main_job_refuses_zero_counts_and_a_dataset_with_an_empty_split_before_training(tmp_path, capsys):

@@ -71,8 +71,8 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerat
     cfg.num_val = cfg.num_val if num_val is None else num_val
     manifest_path = osp.join(root, MANIFEST)
     if osp.exists(root) and not osp.isfile(manifest_path):
-        raise RuntimeError(f'{root} exists but holds no complete generated dataset ({MANIFEST} is missing); '
-                           f'move it away or pass another --data-root')
+        raise SystemExit(f'error: {root} exists but holds no complete generated dataset ({MANIFEST} is missing); '
+                         f'move it away or pass another --data-root')
     if is_complete(root):
         with open(manifest_path) as f:
             manifest = json.load(f)
