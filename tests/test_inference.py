@@ -1,6 +1,7 @@
 """Inference like an MMDetection user: DetInferencer, init_detector / inference_detector and the demo."""
 import json
 import statistics
+import warnings
 
 import mmcv
 import numpy as np
@@ -108,8 +109,14 @@ def test_class_names_without_checkpoint_meta_come_from_the_config(checkpoint, tm
     torch.save(dict(state_dict=state), tmp_path / 'bare.pth')
     assert init_detector(str(SHAPES_CONFIG), str(tmp_path / 'bare.pth'), device='cpu').dataset_meta['classes'][0] \
         == 'person'  # what mmdet does
-    model = safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(tmp_path / 'bare.pth'))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        warnings.warn('a warning before', UserWarning)
+        model = safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(tmp_path / 'bare.pth'))
     assert tuple(model.dataset_meta['classes']) == tuple(CLASSES)
+    # mmdet's "use COCO classes by default" is not shown (its simplefilter('once') defeated an ignore filter)
+    messages = [str(w.message) for w in caught]
+    assert 'a warning before' in messages and not any('use COCO classes' in m for m in messages), messages
     assert len(logged) == 1 and 'holds no class names' in logged[0] and CLASSES[0] in logged[0]
     # Class names in the checkpoint win, and they must be as many as the model's classes.
     assert safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(checkpoint)).dataset_meta['classes'] == CLASSES

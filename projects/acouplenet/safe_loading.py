@@ -165,9 +165,16 @@ def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> t
     from mmengine.config import Config
     cfg = Config.fromfile(config)
     loaded = load_checkpoint_file(checkpoint)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message=r'dataset_meta or class names are not saved')
+    # mmdet's "use COCO classes by default" would contradict the names set below; it calls
+    # warnings.simplefilter('once') right before warning, which overrides an 'ignore' filter, so the
+    # warnings are recorded and all others re-issued.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
         model = init_detector(cfg, checkpoint, device=device)
+    for caught_warning in caught:
+        if not str(caught_warning.message).startswith('dataset_meta or class names are not saved'):
+            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                   caught_warning.lineno)
     assert_checkpoint_fits(model, checkpoint, config, loaded=loaded)
     meta = (loaded.get('meta') or {}) if isinstance(loaded, dict) else {}
     named_in_checkpoint = 'dataset_meta' in meta or 'CLASSES' in meta
