@@ -1,5 +1,6 @@
 """The real dataset formats, on small datasets the tests write: COCO instances feeding the attention
 targets with the paper's multi-scale pipeline, and VOC07+12 with SBD instance masks ("07+12+S")."""
+import json
 import os
 import xml.etree.ElementTree as ET
 
@@ -185,3 +186,22 @@ def test_missing_sbd_file_names_the_converter(tmp_path, voc_sbd):
     root, _, _ = voc_sbd
     with pytest.raises(FileNotFoundError, match='sbd_to_masks.py'):
         _train_dataset(BASES / 'voc0712_sbd.py', root)
+
+
+def test_sbd_converter_lists_the_instances_it_leaves_out(tmp_path):
+    import subprocess
+    import sys
+    sbd = tmp_path / 'dataset'
+    person, other = np.zeros((120, 160), bool), np.zeros((120, 160), bool)
+    person[10:50, 20:60] = True
+    other[60:100, 80:140] = True
+    # instance 2 has category 25 (VOC has 20), instance 3 no pixels
+    _sbd_instances(sbd, '000001', [person, other, np.zeros((120, 160), bool)], [15, 25, 8])
+    out = subprocess.run([sys.executable, str(REPO / 'tools' / 'dataset_converters' / 'sbd_to_masks.py'), str(sbd),
+                          str(tmp_path / 'sbd.json')], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "000001.mat: instance 2 has category 25, not one of VOC's 1-20" in out.stderr
+    assert '000001.mat: instance 3 has no pixels' in out.stderr
+    assert '1 instances in 1 images (2 instance(s) skipped, listed above' in out.stdout
+    written = json.loads((tmp_path / 'sbd.json').read_text())['images']['000001']['instances']
+    assert [i['category'] for i in written] == ['person']

@@ -13,6 +13,7 @@ import json
 import os
 import os.path as osp
 import sys
+from typing import Optional
 
 import numpy as np
 
@@ -25,8 +26,12 @@ VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', '
                'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')
 
 
-def read_sbd_instances(mat_path: str) -> dict:
-    """One ``inst/*.mat`` file -> ``{'height', 'width', 'instances': [{category, bbox, segmentation}]}``."""
+def read_sbd_instances(mat_path: str, skipped: Optional[list] = None) -> dict:
+    """One ``inst/*.mat`` file -> ``{'height', 'width', 'instances': [{category, bbox, segmentation}]}``.
+
+    An instance without pixels or with a category outside VOC's 1-20 is left out and described in
+    ``skipped`` (when given).
+    """
     from scipy.io import loadmat
     try:
         gt = loadmat(mat_path, squeeze_me=True, struct_as_record=False)['GTinst']
@@ -37,7 +42,12 @@ def read_sbd_instances(mat_path: str) -> dict:
     instances = []
     for index, category in enumerate(categories, start=1):
         mask = seg == index
-        if not mask.any() or not 1 <= category <= len(VOC_CLASSES):
+        problem = ('has no pixels' if not mask.any() else
+                   f'has category {category}, not one of VOC\'s 1-{len(VOC_CLASSES)}'
+                   if not 1 <= category <= len(VOC_CLASSES) else None)
+        if problem:
+            if skipped is not None:
+                skipped.append(f'{mat_path}: instance {index} {problem}')
             continue
         ys, xs = np.nonzero(mask)
         instances.append(dict(category=VOC_CLASSES[category - 1],
@@ -46,7 +56,11 @@ def read_sbd_instances(mat_path: str) -> dict:
     return dict(height=int(seg.shape[0]), width=int(seg.shape[1]), instances=instances)
 
 
-def convert(sbd_root: str, out_json: str, ids=None) -> dict:
+def convert(sbd_root: str, out_json: str, ids=None, skipped: Optional[list] = None) -> dict:
+    """Every (or each listed) image's instances -> ``out_json``; returns the images' entries.
+
+    ``skipped`` (when given) receives a line per instance left out (see :func:`read_sbd_instances`).
+    """
     inst_dir = osp.join(sbd_root, 'inst')
     if not osp.isdir(inst_dir):
         raise FileNotFoundError(f'{inst_dir} not found; pass the benchmark_RELEASE/dataset folder of SBD')
@@ -54,7 +68,7 @@ def convert(sbd_root: str, out_json: str, ids=None) -> dict:
         ids = sorted(f[:-4] for f in os.listdir(inst_dir) if f.endswith('.mat'))
     images = {}
     for image_id in ids:
-        images[image_id] = read_sbd_instances(osp.join(inst_dir, f'{image_id}.mat'))
+        images[image_id] = read_sbd_instances(osp.join(inst_dir, f'{image_id}.mat'), skipped)
     atomic_write(json.dumps(dict(format=SBD_FORMAT, classes=list(VOC_CLASSES), images=images)), out_json)
     return images
 
@@ -69,11 +83,16 @@ def main(argv=None):
     if args.ids:
         with open(args.ids) as f:
             ids = [line.strip() for line in f if line.strip()]
+    skipped = []
     try:
-        images = convert(args.sbd_root, args.out_json, ids)
+        images = convert(args.sbd_root, args.out_json, ids, skipped)
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(f'error: {exc}')
-    print(f'{args.out_json}: {sum(len(v["instances"]) for v in images.values())} instances in {len(images)} images')
+    for line in skipped:
+        print(f'skipped: {line}', file=sys.stderr)
+    print(f'{args.out_json}: {sum(len(v["instances"]) for v in images.values())} instances in {len(images)} images'
+          + (f' ({len(skipped)} instance(s) skipped, listed above; their objects use their box as the attention '
+             f'target)' if skipped else ''))
 
 
 if __name__ == '__main__':
