@@ -2,7 +2,7 @@
 local/global heads on a dilated conv5, all at stride 16 (as R-FCN).
 """
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor

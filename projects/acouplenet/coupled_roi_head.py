@@ -14,7 +14,7 @@ regions) and ``maps`` follow ``bbox_head.map_names``. Being batch-first, they
 survive the per-image slicing ``[t[i][None] for t in x]`` that mmdet's
 ``OHEMSampler`` does, so OHEM sees the right image size for every RoI.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor

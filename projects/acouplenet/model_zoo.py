@@ -12,7 +12,6 @@
 """
 import os
 import os.path as osp
-import shutil
 import tempfile
 import time
 import urllib.error
