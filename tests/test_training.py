@@ -174,7 +174,7 @@ def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
     assert os.listdir(tmp_path / 'shapes') == ['something.txt'] and not (tmp_path / 'work').exists()
 
 
-def test_main_job_refuses_zero_counts_and_a_dataset_with_an_empty_split_before_training(tmp_path, capsys):
+def test_main_job_refuses_bad_counts_and_seeds_and_a_dataset_with_an_empty_split_before_training(tmp_path, capsys):
     main_job, bench = load_tool('main_job'), load_tool('benchmark_shapes')
     # 0 is not "the default": --iters 0 once trained the config's 2000 iterations.
     for flag in ('--iters', '--num-train', '--num-val', '--figure-images'):
@@ -184,6 +184,30 @@ def test_main_job_refuses_zero_counts_and_a_dataset_with_an_empty_split_before_t
     with pytest.raises(SystemExit):
         bench.parse_args(['--iters', '0'])
     assert '--iters must be at least 1, got 0' in capsys.readouterr().err
+    # numpy's seed range (a seed of -1 failed in mmengine's set_random_seed after the data step)
+    for tool, argv, flag in ((main_job, ['--seed', '-1'], '--seed'),
+                             (main_job, ['--data-seed', str(2**32)], '--data-seed'),
+                             (bench, ['--seed', '0', '-1'], '--seed/--seeds'),
+                             (bench, ['--data-seed', 'x'], '--data-seed')):
+        with pytest.raises(SystemExit):
+            tool.parse_args(argv)
+        err = capsys.readouterr().err
+        assert f'argument {flag}: ' in err and ("is out of range: seeds run from 0 to 2**32 - 1" in err
+                                               or "'x' is not an integer" in err), err
+    for tool, argv, message in (
+            ('attention_stats', ['config.py', 'ckpt.pth', '--max-images', '0'],
+             '--max-images must be at least 1, got 0'),
+            ('benchmark_roi_layers', ['--runs', '0'], '--runs 0: --runs and --threads must be at least 1')):
+        with pytest.raises(SystemExit):
+            load_tool(tool).main(argv)
+        assert message in capsys.readouterr().err
+    # A run that fails is named, without a traceback of the benchmark.
+    (tmp_path / 'not_data').mkdir()
+    (tmp_path / 'not_data' / 'notes.txt').write_text('keep')
+    with pytest.raises(SystemExit, match=r'error: R-FCN \(local only\), seed 0 failed \(exit status 1; its output is '
+                                         r'above, its logs under .*rfcn\); the runs finished before it are kept'):
+        bench.main(['--models', 'rfcn', '--iters', '1', '--data-root', str(tmp_path / 'not_data'),
+                    '--work-dir', str(tmp_path / 'bench')])
     # A dataset generated elsewhere (tools/generate_shapes.py --num-val 0) is refused before any training.
     from projects.acouplenet.shapes import ShapesConfig, generate
     root = tmp_path / 'shapes'

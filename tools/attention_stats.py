@@ -34,6 +34,8 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--out', default=None, help='also write the rows as json')
     args = parser.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        parser.error(f'--max-images must be at least 1, got {args.max_images} (leave it out for every image)')
     ann_file = osp.join(args.data_root, 'annotations', f'instances_{args.split}.json')
     missing = [p for p in (args.config, args.checkpoint, ann_file) if not osp.isfile(p)]
     if missing:

@@ -41,8 +41,10 @@ def main(argv=None):
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     args = parser.parse_args(argv)
-    if args.runs < 1 or (args.threads is not None and args.threads < 1):
-        parser.error(f'--runs ({args.runs}) and --threads ({args.threads}) must be at least 1')
+    bad = [f'--{flag} {value}' for flag, value in (('runs', args.runs), ('threads', args.threads))
+           if value is not None and value < 1]
+    if bad:
+        parser.error(f'{", ".join(bad)}: --runs and --threads must be at least 1')
 
     import torch
     from torchvision.ops import RoIAlign, RoIPool

@@ -48,13 +48,14 @@ DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'global', 'faster-rcnn']
 
 
 def parse_args(argv=None):
+    from projects.acouplenet.runtime import seed_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--iters', type=int, default=None, help="training iterations (default: the configs')")
-    parser.add_argument('--seed', '--seeds', dest='seeds', type=int, nargs='+', default=[0],
+    parser.add_argument('--seed', '--seeds', dest='seeds', type=seed_arg, nargs='+', default=[0],
                         help='training seed(s): every model is trained once per seed')
     parser.add_argument('--work-dir', default='work_dirs/benchmark_shapes')
     parser.add_argument('--data-root', default='data/shapes')
-    parser.add_argument('--data-seed', type=int, default=None,
+    parser.add_argument('--data-seed', type=seed_arg, default=None,
                         help="seed of the dataset every run shares (default: the dataset at --data-root, or "
                         "one generated with seed 0 where there is none); see main_job's --data-seed")
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS)
@@ -158,7 +159,10 @@ def run(key: str, seed: int, args) -> dict:
     if options:
         cmd += ['--cfg-options', *(f'{k}={v}' for k, v in options.items())]
     print(f'[benchmark] {name}, seed {seed}: {" ".join(cmd)}', flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    returncode = subprocess.run(cmd, cwd=REPO).returncode
+    if returncode != 0:
+        raise SystemExit(f'error: {name}, seed {seed} failed (exit status {returncode}; its output is above, its '
+                         f'logs under {work_dir}); the runs finished before it are kept and reused by the next call')
     return load_report(report_path)
 
 

@@ -22,6 +22,7 @@ METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP
 
 
 def parse_args(argv=None):
+    from projects.acouplenet.runtime import seed_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default=DEFAULT_CONFIG, help='config to train (default: %(default)s)')
     parser.add_argument('--work-dir', default='work_dirs/main_job', help='logs, checkpoint and report')
@@ -29,8 +30,8 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
     parser.add_argument('--num-train', type=int, help='train images to generate (default: the generator\'s)')
     parser.add_argument('--num-val', type=int, help='val images to generate (default: the generator\'s)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of training (default: %(default)s)')
-    parser.add_argument('--data-seed', type=int, default=None,
+    parser.add_argument('--seed', type=seed_arg, default=0, help='seed of training (default: %(default)s)')
+    parser.add_argument('--data-seed', type=seed_arg, default=None,
                         help='seed of the generated dataset, apart from the training seed so that runs of '
                         'several training seeds share one dataset: a complete dataset at --data-root of another '
                         'seed is generated again with this one (default: the dataset there, whatever its seed, '

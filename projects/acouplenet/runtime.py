@@ -99,6 +99,18 @@ def device_arg(value: str) -> str:
     return value
 
 
+def seed_arg(value: str) -> int:
+    """A ``--seed`` of the tools (an argparse ``type``): numpy, which mmengine seeds, takes 0 to 2**32 - 1."""
+    import argparse
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f'{seed} is out of range: seeds run from 0 to 2**32 - 1 (numpy\'s)')
+    return seed
+
+
 def init_cpu_distributed(launcher: str) -> None:
     """Start the gloo process group of a CPU-only distributed run.
 
