@@ -184,11 +184,10 @@ def main(argv=None):
     if len(args.seeds) > 1:
         parts += ['AP by seed:', seed_table(reports, args.seeds, args.models)]
     text = '\n\n'.join(parts)
-    with open(osp.join(args.work_dir, 'benchmark.md'), 'w') as f:
-        f.write(text + '\n')
-    with open(osp.join(args.work_dir, 'benchmark.json'), 'w') as f:
-        json.dump({str(seed): {MODELS[key][0]: r for key, r in by_key.items()} for seed, by_key in reports.items()},
-                  f, indent=2)
+    from projects.acouplenet.fileio import atomic_write
+    atomic_write(text + '\n', osp.join(args.work_dir, 'benchmark.md'))
+    atomic_write(json.dumps({str(seed): {MODELS[key][0]: r for key, r in by_key.items()}
+                             for seed, by_key in reports.items()}, indent=2), osp.join(args.work_dir, 'benchmark.json'))
     print(text)
     return reports
 
