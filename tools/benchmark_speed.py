@@ -396,15 +396,13 @@ def main(argv=None):
               + (', TF32 matrix products' if args.tf32 else ''))
     text = '\n'.join([header, '', table(list(results.items()), args.device), '', *ratios(results)])
     file_tag = args.device.split(':')[0] + ('_tf32' if args.tf32 else '')  # cuda:1 -> cuda, cuda_tf32
-    with open(osp.join(args.out, f'benchmark_{file_tag}.md'), 'w') as f:
-        f.write(text + '\n')
-    with open(osp.join(args.out, f'benchmark_{file_tag}.json'), 'w') as f:
-        json.dump(results, f, indent=2)
+    from projects.acouplenet.fileio import atomic_write
+    atomic_write(text + '\n', osp.join(args.out, f'benchmark_{file_tag}.md'))
+    atomic_write(json.dumps(results, indent=2), osp.join(args.out, f'benchmark_{file_tag}.json'))
     if profiles:
-        with open(osp.join(args.out, f'profile_{file_tag}.txt'), 'w') as f:
-            f.write(header + '\n')
-            for key, text in profiles.items():
-                f.write(f'\n== {MODELS[key][0]}: one _forward\n{text}\n')
+        atomic_write(header + '\n' + ''.join(f'\n== {MODELS[key][0]}: one _forward\n{profile}\n'
+                                             for key, profile in profiles.items()),
+                     osp.join(args.out, f'profile_{file_tag}.txt'))
     print(text)
 
 

@@ -1,4 +1,5 @@
 """Detections and attention maps side by side (the paper's Fig. 5)."""
+import io
 import json
 import os
 from typing import List, Optional, Sequence, Tuple, Union
@@ -13,6 +14,7 @@ from mmdet.utils import get_test_pipeline_cfg
 
 from .attention_backbone import capture_attention
 from .attention_loss import stride_name
+from .fileio import atomic_write
 
 
 def _load_bgr(image: Union[str, np.ndarray]) -> np.ndarray:
@@ -183,7 +185,9 @@ def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: 
         for ax in axes[r]:
             ax.axis('off')
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    fig.savefig(out_file, dpi=110)
+    # Rendered in memory and renamed into place: a killed run leaves no half-written picture.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format=os.path.splitext(out_file)[1][1:].lower() or 'png')
     plt.close(fig)
+    atomic_write(buffer.getvalue(), out_file)
     return out_file
