@@ -275,6 +275,10 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_
     apply_tta(wrapped)
     assert 'pipeline' not in wrapped.test_dataloader.dataset
     assert wrapped.test_dataloader.dataset.dataset.pipeline[-1]['type'] == 'TestTimeAug'
+    from projects.acouplenet.runtime import set_coco_data_root
+    set_coco_data_root(wrapped, str(tmp_path / 'elsewhere'))  # the data root goes to the inner dataset too
+    assert 'data_root' not in wrapped.test_dataloader.dataset
+    assert wrapped.test_dataloader.dataset.dataset.data_root == f'{tmp_path}/elsewhere/'
     cfg = Config.fromfile(str(config))
     cfg.test_dataloader.dataset.pipeline = cfg.test_dataloader.dataset.pipeline[:-1]  # no PackDetInputs last
     with pytest.raises(ValueError, match=r'ends with LoadAnnotations\. Add a tta_pipeline to the config'):

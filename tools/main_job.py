@@ -94,14 +94,12 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerat
 def build_cfg(args):
     from mmengine.config import Config
 
-    from projects.acouplenet.runtime import prepare_cfg, set_coco_data_root, set_iterations
+    from projects.acouplenet.runtime import inner_dataset_cfg, prepare_cfg, set_coco_data_root, set_iterations
     cfg = Config.fromfile(config_path(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     for loader, split in (('train_dataloader', 'train'), ('test_dataloader', 'val')):
-        dataset = cfg[loader].dataset
-        while 'dataset' in dataset:  # RepeatDataset and the like
-            dataset = dataset.dataset
+        dataset = inner_dataset_cfg(cfg[loader].dataset)
         expected = f'annotations/instances_{split}.json'
         if dataset.get('ann_file') != expected:
             reads = dataset.get('ann_file') or f'a {dataset.get("type")} (no single ann_file)'

@@ -1,6 +1,7 @@
 """Adjustments of a loaded config: to the machine it runs on (tools/train.py, tools/test.py) and to a
 data folder and run length (the main job, the benchmarks, the tests); the machine's description that
 reports record."""
+import argparse
 import copy
 import os.path as osp
 
@@ -41,6 +42,14 @@ def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
     return cfg
 
 
+def inner_dataset_cfg(dataset: dict) -> dict:
+    """The dataset config inside wrappers (``RepeatDataset``, ``ClassBalancedDataset``, ...): the one that
+    has the annotation file, data root and pipeline."""
+    while 'dataset' in dataset:
+        dataset = dataset['dataset']
+    return dataset
+
+
 def apply_tta(cfg: Config) -> Config:
     """Test with test-time augmentation (``tools/test.py --tta``), in place, as mmdet's ``tools/test.py``.
 
@@ -53,11 +62,9 @@ def apply_tta(cfg: Config) -> Config:
     if 'tta_model' not in cfg:
         cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
                                                               max_per_img=100))
-    # Wrappers (ClassBalancedDataset, RepeatDataset, ...) hold the dataset that has the pipeline; the TTA
-    # pipeline goes there too (mmdet's test.py sets it on the outer dict, which a wrapper does not accept).
-    dataset = cfg.test_dataloader.dataset
-    while 'dataset' in dataset:
-        dataset = dataset.dataset
+    # The TTA pipeline goes to the dataset that has the pipeline (mmdet's test.py sets it on the outer dict,
+    # which a wrapper does not accept).
+    dataset = inner_dataset_cfg(cfg.test_dataloader.dataset)
     if 'tta_pipeline' not in cfg:
         pipeline = copy.deepcopy(dataset.pipeline)
         if not pipeline or pipeline[-1].get('type') != 'PackDetInputs':
@@ -81,7 +88,6 @@ def device_arg(value: str) -> str:
     Without it, ``--device cuda`` on a CPU-only machine fails deep in model
     loading with torch's "Found no NVIDIA driver".
     """
-    import argparse
     try:
         device = torch.device(value)
     except RuntimeError:
@@ -101,7 +107,6 @@ def device_arg(value: str) -> str:
 
 def seed_arg(value: str) -> int:
     """A ``--seed`` of the tools (an argparse ``type``): numpy, which mmengine seeds, takes 0 to 2**32 - 1."""
-    import argparse
     try:
         seed = int(value)
     except ValueError:
@@ -132,7 +137,7 @@ def set_coco_data_root(cfg: Config, root: str) -> Config:
     root = osp.abspath(root) + '/'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         if cfg.get(loader):
-            cfg[loader].dataset.data_root = root
+            inner_dataset_cfg(cfg[loader].dataset)['data_root'] = root
     for evaluator in ('val_evaluator', 'test_evaluator'):
         if cfg.get(evaluator) and 'ann_file' in cfg[evaluator]:
             cfg[evaluator].ann_file = osp.join(root, osp.relpath(cfg[evaluator].ann_file, cfg.data_root))
