@@ -50,6 +50,7 @@ import time
 from typing import Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)  # for projects.acouplenet without an installed package
 MODELS = {
     'acouplenet': ('ACoupleNet R-101', 'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 300),
     'couplenet': ('CoupleNet R-101', 'configs/acouplenet/couplenet_r101_4xb1-ms-580k_coco.py', 300),
@@ -66,7 +67,6 @@ DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'faster-rcnn-300', 'faster-
 
 
 def parse_args(argv=None):
-    sys.path.insert(0, REPO)
     from projects.acouplenet.runtime import device_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
