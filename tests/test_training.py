@@ -176,14 +176,24 @@ def test_main_job_refuses_a_folder_that_is_not_a_dataset(tmp_path):
 
 def test_main_job_refuses_bad_counts_and_seeds_and_a_dataset_with_an_empty_split_before_training(tmp_path, capsys):
     main_job, bench = load_tool('main_job'), load_tool('benchmark_shapes')
-    # 0 is not "the default": --iters 0 once trained the config's 2000 iterations.
-    for flag in ('--iters', '--num-train', '--num-val', '--figure-images'):
+    # Every count of every tool (runtime.count_arg): 0 is not "the default" (--iters 0 once trained the
+    # config's 2000 iterations), a negative --paired is not "no pairing", --retries 0 is not a download.
+    counts = [('main_job', [], flag, 1) for flag in ('--iters', '--num-train', '--num-val', '--figure-images')]
+    counts += [('benchmark_shapes', [], '--iters', 1),
+               ('attention_stats', ['config.py', 'ckpt.pth'], '--max-images', 1),
+               ('benchmark_roi_layers', [], '--runs', 1), ('benchmark_roi_layers', [], '--threads', 1),
+               ('model_zoo', ['download', 'name'], '--retries', 1)]
+    counts += [('benchmark_speed', [], flag, 1) for flag in ('--shape', '--runs', '--rounds', '--threads')]
+    counts += [('benchmark_speed', [], flag, 0) for flag in ('--warmup', '--paired')]
+    for tool, argv, flag, least in counts:
+        values = [str(least - 1)] * (2 if flag == '--shape' else 1)
         with pytest.raises(SystemExit):
-            main_job.parse_args([flag, '0'])
-        assert f'{flag} must be at least 1, got 0' in capsys.readouterr().err
+            load_tool(tool).main(argv + [flag] + values)
+        err = capsys.readouterr().err
+        assert f'argument {flag}: must be at least {least}, got {least - 1}' in err, (tool, err)
     with pytest.raises(SystemExit):
-        bench.parse_args(['--iters', '0'])
-    assert '--iters must be at least 1, got 0' in capsys.readouterr().err
+        main_job.parse_args(['--iters', '2k'])
+    assert "argument --iters: '2k' is not an integer" in capsys.readouterr().err
     # numpy's seed range (a seed of -1 failed in mmengine's set_random_seed after the data step)
     for tool, argv, flag in ((main_job, ['--seed', '-1'], '--seed'),
                              (main_job, ['--data-seed', str(2**32)], '--data-seed'),
@@ -194,13 +204,6 @@ def test_main_job_refuses_bad_counts_and_seeds_and_a_dataset_with_an_empty_split
         err = capsys.readouterr().err
         assert f'argument {flag}: ' in err and ("is out of range: seeds run from 0 to 2**32 - 1" in err
                                                or "'x' is not an integer" in err), err
-    for tool, argv, message in (
-            ('attention_stats', ['config.py', 'ckpt.pth', '--max-images', '0'],
-             '--max-images must be at least 1, got 0'),
-            ('benchmark_roi_layers', ['--runs', '0'], '--runs 0: --runs and --threads must be at least 1')):
-        with pytest.raises(SystemExit):
-            load_tool(tool).main(argv)
-        assert message in capsys.readouterr().err
     # A run that fails is named, without a traceback of the benchmark.
     (tmp_path / 'not_data').mkdir()
     (tmp_path / 'not_data' / 'notes.txt').write_text('keep')

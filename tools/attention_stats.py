@@ -23,19 +23,17 @@ def format_table(rows):
 
 
 def main(argv=None):
-    from projects.acouplenet.runtime import device_arg
+    from projects.acouplenet.runtime import count_arg, device_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint')
     parser.add_argument('--data-root', default='data/shapes',
                         help='holds annotations/instances_<split>.json and <split>/ images')
     parser.add_argument('--split', default='val')
-    parser.add_argument('--max-images', type=int, default=None)
+    parser.add_argument('--max-images', type=count_arg(), default=None, help='default: every image')
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--out', default=None, help='also write the rows as json')
     args = parser.parse_args(argv)
-    if args.max_images is not None and args.max_images < 1:
-        parser.error(f'--max-images must be at least 1, got {args.max_images} (leave it out for every image)')
     ann_file = osp.join(args.data_root, 'annotations', f'instances_{args.split}.json')
     missing = [p for p in (args.config, args.checkpoint, ann_file) if not osp.isfile(p)]
     if missing:

@@ -37,14 +37,11 @@ def median_seconds(fn, runs):
 
 
 def main(argv=None):
+    from projects.acouplenet.runtime import count_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--runs', type=int, default=5)
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--runs', type=count_arg(), default=5)
+    parser.add_argument('--threads', type=count_arg(), default=None, help='torch CPU threads (default: torch\'s)')
     args = parser.parse_args(argv)
-    bad = [f'--{flag} {value}' for flag, value in (('runs', args.runs), ('threads', args.threads))
-           if value is not None and value < 1]
-    if bad:
-        parser.error(f'{", ".join(bad)}: --runs and --threads must be at least 1')
 
     import torch
     from torchvision.ops import RoIAlign, RoIPool

@@ -48,9 +48,9 @@ DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'global', 'faster-rcnn']
 
 
 def parse_args(argv=None):
-    from projects.acouplenet.runtime import seed_arg
+    from projects.acouplenet.runtime import count_arg, seed_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--iters', type=int, default=None, help="training iterations (default: the configs')")
+    parser.add_argument('--iters', type=count_arg(), default=None, help="training iterations (default: the configs')")
     parser.add_argument('--seed', '--seeds', dest='seeds', type=seed_arg, nargs='+', default=[0],
                         help='training seed(s): every model is trained once per seed')
     parser.add_argument('--work-dir', default='work_dirs/benchmark_shapes')
@@ -59,10 +59,7 @@ def parse_args(argv=None):
                         help="seed of the dataset every run shares (default: the dataset at --data-root, or "
                         "one generated with seed 0 where there is none); see main_job's --data-seed")
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS)
-    args = parser.parse_args(argv)
-    if args.iters is not None and args.iters < 1:
-        parser.error(f'--iters must be at least 1, got {args.iters}')
-    return args
+    return parser.parse_args(argv)
 
 
 def table(rows) -> str:

@@ -67,14 +67,14 @@ DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'faster-rcnn-300', 'faster-
 
 
 def parse_args(argv=None):
-    from projects.acouplenet.runtime import device_arg
+    from projects.acouplenet.runtime import count_arg, device_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
-    parser.add_argument('--shape', type=int, nargs=2, default=(600, 1000), metavar=('HEIGHT', 'WIDTH'))
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--runs', type=int, default=5, help='timed runs per model and round')
-    parser.add_argument('--rounds', type=int, default=1, help='times every model in turn this many times')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    parser.add_argument('--shape', type=count_arg(), nargs=2, default=(600, 1000), metavar=('HEIGHT', 'WIDTH'))
+    parser.add_argument('--warmup', type=count_arg(0), default=2)
+    parser.add_argument('--runs', type=count_arg(), default=5, help='timed runs per model and round')
+    parser.add_argument('--rounds', type=count_arg(), default=1, help='times every model in turn this many times')
+    parser.add_argument('--threads', type=count_arg(), default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS,
                         help=f'default: {" ".join(DEFAULT_MODELS)}')
     parser.add_argument('--no-flops', action='store_true', help='skip FLOPs counting (slow on CPU)')
@@ -82,7 +82,7 @@ def parse_args(argv=None):
                         help='also write the top operators of one _forward per model to profile_<device>.txt')
     parser.add_argument('--tf32', action='store_true',
                         help='CUDA only: allow TF32 matrix products (torch.backends.cuda.matmul.allow_tf32)')
-    parser.add_argument('--paired', type=int, default=0, metavar='N',
+    parser.add_argument('--paired', type=count_arg(0), default=0, metavar='N',
                         help='also time all models\' networks in one process, alternating, N times, for ratios '
                              'that the host\'s drift does not skew')
     parser.add_argument('--out', default='work_dirs/benchmark_speed')
@@ -349,12 +349,6 @@ def main(argv=None):
     if args.paired_worker:
         print('RESULT ' + json.dumps(paired_worker(args)), flush=True)
         return
-    bad = [f'--{flag} {value}' for flag, value, least in (('rounds', args.rounds, 1), ('runs', args.runs, 1),
-                                                          ('threads', args.threads, 1), ('paired', args.paired, 0))
-           if value is not None and value < least]
-    if bad:
-        raise SystemExit(f'error: {", ".join(bad)}: --rounds, --runs and --threads must be at least 1, '
-                         f'--paired at least 0')
     if args.tf32 and not args.device.startswith('cuda'):
         raise SystemExit(f'error: --tf32 is a CUDA precision setting and does nothing on --device {args.device}; '
                          'drop --tf32 or run with --device cuda')

@@ -22,14 +22,14 @@ METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP
 
 
 def parse_args(argv=None):
-    from projects.acouplenet.runtime import seed_arg
+    from projects.acouplenet.runtime import count_arg, seed_arg
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default=DEFAULT_CONFIG, help='config to train (default: %(default)s)')
     parser.add_argument('--work-dir', default='work_dirs/main_job', help='logs, checkpoint and report')
     parser.add_argument('--data-root', default='data/shapes', help='where the generated dataset lives')
-    parser.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
-    parser.add_argument('--num-train', type=int, help='train images to generate (default: the generator\'s)')
-    parser.add_argument('--num-val', type=int, help='val images to generate (default: the generator\'s)')
+    parser.add_argument('--iters', type=count_arg(), help='training iterations (default: the config\'s)')
+    parser.add_argument('--num-train', type=count_arg(), help='train images to generate (default: the generator\'s)')
+    parser.add_argument('--num-val', type=count_arg(), help='val images to generate (default: the generator\'s)')
     parser.add_argument('--seed', type=seed_arg, default=0, help='seed of training (default: %(default)s)')
     parser.add_argument('--data-seed', type=seed_arg, default=None,
                         help='seed of the generated dataset, apart from the training seed so that runs of '
@@ -38,16 +38,12 @@ def parse_args(argv=None):
                         'or one of seed 0 where there is none)')
     parser.add_argument('--regenerate', action='store_true',
                         help='generate the dataset again even if a complete one is there')
-    parser.add_argument('--figure-images', type=int, default=4, help='val images in the picture')
+    parser.add_argument('--figure-images', type=count_arg(), default=4, help='val images in the picture')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
                         help='override settings of the config, as key=value pairs (mmdet syntax)')
     args = parser.parse_args(argv)
     if not osp.isfile(config_path(args.config)):
         parser.error(f'--config {args.config}: not found (paths are relative to the repository root)')
-    for flag, value in (('--iters', args.iters), ('--num-train', args.num_train), ('--num-val', args.num_val),
-                        ('--figure-images', args.figure_images)):
-        if value is not None and value < 1:  # 0 is not "the default"
-            parser.error(f'{flag} must be at least 1, got {value}')
     return args
 
 

@@ -18,6 +18,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from projects.acouplenet import model_zoo  # noqa: E402
+from projects.acouplenet.runtime import count_arg  # noqa: E402
 
 
 def _progress():
@@ -40,7 +41,7 @@ def main(argv=None):
     p = sub.add_parser('download', help='download and verify a checkpoint by model name')
     p.add_argument('name')
     p.add_argument('--dest', default='checkpoints')
-    p.add_argument('--retries', type=int, default=3)
+    p.add_argument('--retries', type=count_arg(), default=3, help='attempts in all (default: %(default)s)')
     p.add_argument('--timeout', type=float, default=60.0, help='seconds without data before an attempt fails')
     p = sub.add_parser('publish', help='strip a training checkpoint for release and hash it')
     p.add_argument('checkpoint')

@@ -105,12 +105,32 @@ def device_arg(value: str) -> str:
     return value
 
 
-def seed_arg(value: str) -> int:
-    """A ``--seed`` of the tools (an argparse ``type``): numpy, which mmengine seeds, takes 0 to 2**32 - 1."""
+def _integer(value: str) -> int:
     try:
-        seed = int(value)
+        return int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+
+
+def count_arg(least: int = 1):
+    """An argparse ``type`` for a count of the tools (iterations, images, runs): an integer of at least ``least``.
+
+    A count below it is refused at parsing rather than taken for "the default"
+    (``--iters 0`` once trained the config's 2000 iterations).
+    """
+    def parse(value: str) -> int:
+        count = _integer(value)
+        if count < least:
+            raise argparse.ArgumentTypeError(f'must be at least {least}, got {count}')
+        return count
+
+    parse.__name__ = f'integer of at least {least}'  # how argparse names the type in its own messages
+    return parse
+
+
+def seed_arg(value: str) -> int:
+    """A ``--seed`` of the tools (an argparse ``type``): numpy, which mmengine seeds, takes 0 to 2**32 - 1."""
+    seed = _integer(value)
     if not 0 <= seed < 2**32:
         raise argparse.ArgumentTypeError(f'{seed} is out of range: seeds run from 0 to 2**32 - 1 (numpy\'s)')
     return seed
