@@ -271,6 +271,11 @@ def test_train_names_a_cut_checkpoint_to_resume_from_before_building_anything(tm
     (cut.parent / 'last_checkpoint').write_text(str(tmp_path / 'work' / 'iter_6.pth'))
     with pytest.raises(SystemExit, match=r'iter_6\.pth, the latest checkpoint .*: checkpoint not found'):
         train.main([str(SHAPES_CONFIG), '--resume', '--work-dir', str(cut.parent)])
+    # A config that resumes by itself is named as such, not as a --resume the user never passed.
+    with pytest.raises(SystemExit, match=r'cannot resume from load_from=.*iter_4\.pth of the config \(resume=True\): '
+                                         r'.*truncated'):
+        train.main([str(SHAPES_CONFIG), '--work-dir', str(tmp_path / 'other'),
+                    '--cfg-options', 'resume=True', f'load_from={cut}'])
     assert cut.stat().st_size == size and not (tmp_path / 'other').exists()
     train.check_resume_checkpoint(Config(dict(work_dir=str(cut.parent), resume=True, load_from=str(whole))))
     train.check_resume_checkpoint(Config(dict(work_dir=str(tmp_path / 'new'), resume=True)))  # starts afresh

@@ -40,12 +40,13 @@ def parse_args(argv=None):
     return args
 
 
-def check_resume_checkpoint(cfg) -> None:
+def check_resume_checkpoint(cfg, from_cli: bool = False) -> None:
     """Refuse, before anything is built, a checkpoint to resume from that is missing or unreadable.
 
     mmengine would fail on it only after building the runner, with torch's
     zip-reader error or its advice to load unsafely. Reads the file once more
-    (seconds, once per run); a URL is left to mmengine.
+    (seconds, once per run); a URL is left to mmengine. ``from_cli``: the path
+    came from ``--resume PATH`` rather than the config's own ``load_from``.
     """
     auto = cfg.get('load_from') is None  # mmengine resumes from the work dir's last_checkpoint then
     if auto and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
@@ -54,7 +55,7 @@ def check_resume_checkpoint(cfg) -> None:
     if not path or '://' in path:
         return
     named = (f'{path}, the latest checkpoint of the work dir (named in {osp.join(cfg.work_dir, "last_checkpoint")})'
-             if auto else f'--resume {path}')
+             if auto else f'--resume {path}' if from_cli else f'load_from={path} of the config (resume=True)')
     if not osp.isfile(path):
         raise SystemExit(f'{named}: checkpoint not found (--resume without a value resumes from the latest '
                          f'checkpoint of the work dir, --resume PATH from another)')
@@ -89,7 +90,7 @@ def main(argv=None):
         cfg.resume = True
         cfg.load_from = args.resume
     if cfg.get('resume', False):
-        check_resume_checkpoint(cfg)
+        check_resume_checkpoint(cfg, from_cli=args.resume not in (None, 'auto'))
     prepare_cfg(cfg, amp=args.amp)
     init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
