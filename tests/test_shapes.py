@@ -137,6 +137,7 @@ def test_written_atomically(tmp_path, monkeypatch):
     (dict(occlusion=1.5), r'occlusion and truncation must be in \[0, 1\]'),
     (dict(image_size=(8, 8)), r'image_size must be at least 32 x 32'),
     (dict(max_objects=0), r'max_objects must be >= 1'),
+    (dict(seed=-1), r'seed must be >= 0, got -1'),
     (dict(image_size=(32, 48), min_size=40, max_size=60), r'min_size 40 does not fit a 32 x 48 image: keep it at '
                                                           r'most the shorter side, 32')])
 def test_bad_options(tmp_path, bad, message):

@@ -92,6 +92,8 @@ class ShapesConfig:
             (self.distractors >= 0 and self.clutter >= 0, 'distractors and clutter must be >= 0'),
             (0 <= self.min_visible < 1, 'min_visible must be in [0, 1)'),
             (1 <= self.jpeg_quality <= 100, 'jpeg_quality must be in [1, 100]'),
+            # (numpy's seed sequence takes no negative entropy, and its own error names no option)
+            (self.seed >= 0, f'seed must be >= 0, got {self.seed}'),
         ]
         for ok, message in checks:
             if not ok:
