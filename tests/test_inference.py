@@ -77,7 +77,7 @@ def test_predict_with_attention_gives_three_maps_over_the_image(checkpoint, imag
     torch.testing.assert_close(array_result.pred_instances.bboxes, result.pred_instances.bboxes)
 
 
-def test_demo_writes_the_figure(checkpoint, images, tmp_path):
+def test_demo_writes_the_figure(checkpoint, images, tmp_path, capsys):
     demo = load_tool('demo')
     out = demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out',
                               str(tmp_path / 'fig.png')])
@@ -88,6 +88,9 @@ def test_demo_writes_the_figure(checkpoint, images, tmp_path):
     with pytest.raises(SystemExit, match=r'--out .* is one of the inputs and would be overwritten'):
         demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out', images[1]])
     assert open(images[1], 'rb').read() == before
+    with pytest.raises(SystemExit):
+        demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--score-thr', '30'])
+    assert '--score-thr is a score, from 0 to 1; got 30.0' in capsys.readouterr().err
     # A checkpoint of another model is refused, not run with random weights as init_detector would.
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
     state.pop('roi_head.bbox_head.fc_cls.weight')

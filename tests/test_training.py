@@ -192,6 +192,9 @@ def test_main_job_refuses_bad_counts_and_seeds_and_a_dataset_with_an_empty_split
         err = capsys.readouterr().err
         assert f'argument {flag}: must be at least {least}, got {least - 1}' in err, (tool, err)
     with pytest.raises(SystemExit):
+        load_tool('model_zoo').main(['download', 'name', '--timeout', '0'])
+    assert '--timeout must be more than 0 seconds, got 0.0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main_job.parse_args(['--iters', '2k'])
     assert "argument --iters: '2k' is not an integer" in capsys.readouterr().err
     # numpy's seed range (a seed of -1 failed in mmengine's set_random_seed after the data step)

@@ -20,8 +20,10 @@ def main(argv=None):
     parser.add_argument('--checkpoint', required=True)
     parser.add_argument('--out', default='demo.png', help='PNG to write')
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
-    parser.add_argument('--score-thr', type=float, default=0.3)
+    parser.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
     args = parser.parse_args(argv)
+    if not 0 <= args.score_thr <= 1:
+        parser.error(f'--score-thr is a score, from 0 to 1; got {args.score_thr}')
     missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')

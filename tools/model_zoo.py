@@ -51,6 +51,8 @@ def main(argv=None):
     p.add_argument('src')
     p.add_argument('dst')
     args = parser.parse_args(argv)
+    if args.command == 'download' and not args.timeout > 0:  # 0 would make the socket non-blocking
+        parser.error(f'--timeout must be more than 0 seconds, got {args.timeout}')
 
     try:
         if args.command == 'list':
