@@ -80,7 +80,7 @@ def test_config_builds_and_runs_a_loss_and_a_predict_step(path):
     losses = model(**data, mode='loss')
     total, log_vars = model.parse_losses(losses)
     assert math.isfinite(total.item()), log_vars
-    assert all(math.isfinite(v) for v in log_vars.values()), log_vars
+    assert all(math.isfinite(v.item()) for v in log_vars.values()), log_vars
     total.backward()
     if cfg.model.type == 'ACoupleNet' and model.with_attention:
         strides = {4: 0, 8: 1, 16: 2}

@@ -2,6 +2,7 @@
 import json
 import statistics
 import warnings
+from pathlib import Path
 
 import mmcv
 import numpy as np
@@ -84,10 +85,10 @@ def test_demo_writes_the_figure(checkpoint, images, tmp_path, capsys):
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
     with pytest.raises(SystemExit, match='not found'):
         demo.main(['missing.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)])
-    before = open(images[1], 'rb').read()
+    before = Path(images[1]).read_bytes()
     with pytest.raises(SystemExit, match=r'--out .* is one of the inputs and would be overwritten'):
         demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out', images[1]])
-    assert open(images[1], 'rb').read() == before
+    assert Path(images[1]).read_bytes() == before
     with pytest.raises(SystemExit):
         demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--score-thr', '30'])
     assert '--score-thr is a score, from 0 to 1; got 30.0' in capsys.readouterr().err

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,7 +107,7 @@ def test_download_by_model_name(server, tmp_path):
         dict(Name='paper-only', Config='configs/x.py'),
     ])
     path = model_zoo.download_model('good', str(tmp_path / 'dl'), index)
-    assert open(path, 'rb').read() == PAYLOAD
+    assert Path(path).read_bytes() == PAYLOAD
     with pytest.raises(model_zoo.ChecksumError, match='no "Weights SHA256"'):
         model_zoo.download_model('unhashed', str(tmp_path / 'dl'), index)
     with pytest.raises(model_zoo.DownloadError, match='no released checkpoint'):
