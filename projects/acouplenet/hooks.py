@@ -102,7 +102,6 @@ class NonFiniteLossHook(Hook):
             raise NonFiniteLossError(message)
 
 
-
 def class_count_mismatches(model: torch.nn.Module, num_names: int) -> List[Tuple[str, torch.nn.Module]]:
     """``(name, module)`` of every head whose ``num_classes`` is not ``num_names`` (the class-agnostic RPN aside)."""
     return [(name, module) for name, module in model.named_modules()

@@ -32,7 +32,6 @@ from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, OptMultiConfig
 
 
-
 class BorderSafePSRoIPool(PSRoIPool):
     """torchvision's ``PSRoIPool`` with its border bug worked around.
 
