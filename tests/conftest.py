@@ -108,6 +108,27 @@ def tiny_shapes(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope='session')
+def shapes_checkpoint(tmp_path_factory):
+    """A checkpoint of the shapes ACoupleNet (random weights) in mmengine's format."""
+    from mmengine.config import Config
+
+    from mmdet.registry import MODELS
+    from projects.acouplenet.shapes import CLASSES
+    cfg = Config.fromfile(str(SHAPES_CONFIG))
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    path = tmp_path_factory.mktemp('ckpt') / 'acouplenet_shapes.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=CLASSES))), path)
+    return path
+
+
+@pytest.fixture(scope='session')
+def shapes_images(tiny_shapes):
+    """Two validation images of ``tiny_shapes``."""
+    return sorted(str(p) for p in (tiny_shapes / 'val').glob('*.jpg'))[:2]
+
+
 def load_tool(name):
     """``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
     import importlib.util

@@ -8,7 +8,7 @@ import torch
 
 from projects.acouplenet.attention_backbone import ATTENTION_GATES
 
-from .conftest import load_tool
+from .conftest import SHAPES_CONFIG, load_tool
 from .test_detector import _batch, _model
 from .test_training import _scalars, _tiny_config_file
 
@@ -113,6 +113,40 @@ def test_predict_on_cuda_gives_boxes_inside_each_image():
         assert pred.bboxes.is_cuda and torch.isfinite(pred.scores).all()
         assert (pred.bboxes[:, 0::2] >= 0).all() and (pred.bboxes[:, 0::2] <= w).all()
         assert (pred.bboxes[:, 1::2] >= 0).all() and (pred.bboxes[:, 1::2] <= h).all()
+
+
+def test_demo_and_inferencer_on_cuda(exact_fp32, shapes_checkpoint, shapes_images, tmp_path):
+    """The demo on the GPU: the CPU's attention maps, valid detections, the figure; DetInferencer on cuda:0.
+
+    Random weights score every class near 1/(C+1), so the detections' order rests on near-ties and is
+    compared by validity, not against the CPU's.
+    """
+    from mmdet.apis import DetInferencer, init_detector
+    from projects.acouplenet.visualization import predict_with_attention
+    runs = {device: predict_with_attention(init_detector(str(SHAPES_CONFIG), str(shapes_checkpoint), device=device),
+                                           shapes_images[0])
+            for device in ('cpu', 'cuda:0')}
+    (cpu_result, cpu_maps), (gpu_result, gpu_maps) = runs['cpu'], runs['cuda:0']
+    assert [stride for stride, _ in gpu_maps] == [stride for stride, _ in cpu_maps] == [4, 8, 16]
+    for (stride, gpu_map), (_, cpu_map) in zip(gpu_maps, cpu_maps):
+        assert gpu_map.device.type == 'cpu'  # cropped and brought to the host for drawing
+        _assert_close(gpu_map, cpu_map, f'attention map, stride {stride}')
+    pred = gpu_result.pred_instances
+    h, w = gpu_result.ori_shape
+    assert gpu_result.ori_shape == cpu_result.ori_shape and pred.bboxes.is_cuda
+    assert len(pred) == len(cpu_result.pred_instances) > 0 and torch.isfinite(pred.scores).all()
+    assert (pred.bboxes[:, 0::2] >= 0).all() and (pred.bboxes[:, 0::2] <= w).all()
+    assert (pred.bboxes[:, 1::2] >= 0).all() and (pred.bboxes[:, 1::2] <= h).all()
+
+    figure = tmp_path / 'fig.png'
+    model_args = ['--config', str(SHAPES_CONFIG), '--checkpoint', str(shapes_checkpoint)]
+    out = load_tool('demo').main(shapes_images + model_args + ['--device', 'cuda:0', '--score-thr', '0.1',
+                                                               '--out', str(figure)])
+    assert out == str(figure) and figure.stat().st_size > 10_000
+    inferencer = DetInferencer(model=str(SHAPES_CONFIG), weights=str(shapes_checkpoint), device='cuda:0')
+    predictions = inferencer(shapes_images, out_dir=str(tmp_path / 'inferencer'), no_save_pred=False)['predictions']
+    assert len(predictions) == 2 and all(len(p['bboxes']) == len(p['scores']) > 0 for p in predictions)
+    assert len(list((tmp_path / 'inferencer' / 'vis').glob('*.jpg'))) == 2
 
 
 def test_loss_step_on_cuda_matches_the_cpus_attention_losses_and_gradients(exact_fp32):

@@ -11,44 +11,26 @@ import torch
 from mmengine.config import Config
 
 from mmdet.apis import DetInferencer, inference_detector, init_detector
-from mmdet.registry import MODELS
 from projects.acouplenet.visualization import predict_with_attention
 
 from .conftest import REPO, SHAPES_CONFIG, load_tool
 
 
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-    """A checkpoint of the shapes ACoupleNet (random weights) in mmengine's format."""
-    from projects.acouplenet.shapes import CLASSES
-    cfg = Config.fromfile(str(SHAPES_CONFIG))
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    path = tmp_path_factory.mktemp('ckpt') / 'acouplenet_shapes.pth'
-    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=CLASSES))), path)
-    return path
-
-
-@pytest.fixture(scope='module')
-def images(tiny_shapes):
-    return sorted(str(p) for p in (tiny_shapes / 'val').glob('*.jpg'))[:2]
-
-
-def test_init_detector_and_inference_detector(checkpoint, images):
-    model = init_detector(str(SHAPES_CONFIG), str(checkpoint), device='cpu')
+def test_init_detector_and_inference_detector(shapes_checkpoint, shapes_images):
+    model = init_detector(str(SHAPES_CONFIG), str(shapes_checkpoint), device='cpu')
     assert model.dataset_meta['classes'][0] == 'face-ellipse'
-    results = inference_detector(model, images)
+    results = inference_detector(model, shapes_images)
     assert len(results) == 2
-    for result, path in zip(results, images):
+    for result, path in zip(results, shapes_images):
         boxes = result.pred_instances.bboxes
         h, w = result.metainfo['ori_shape']
         assert boxes.shape[1] == 4 and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
         assert result.metainfo['img_path'] == path
 
 
-def test_det_inferencer(checkpoint, images, tmp_path):
-    inferencer = DetInferencer(model=str(SHAPES_CONFIG), weights=str(checkpoint), device='cpu')
-    out = inferencer(images, out_dir=str(tmp_path), no_save_pred=False)
+def test_det_inferencer(shapes_checkpoint, shapes_images, tmp_path):
+    inferencer = DetInferencer(model=str(SHAPES_CONFIG), weights=str(shapes_checkpoint), device='cpu')
+    out = inferencer(shapes_images, out_dir=str(tmp_path), no_save_pred=False)
     assert len(out['predictions']) == 2
     prediction = out['predictions'][0]
     assert set(prediction) >= {'labels', 'scores', 'bboxes'}
@@ -58,14 +40,14 @@ def test_det_inferencer(checkpoint, images, tmp_path):
     assert len(list((tmp_path / 'vis').glob('*.jpg'))) == 2
 
 
-def test_predict_with_attention_gives_three_maps_over_the_image(checkpoint, images):
+def test_predict_with_attention_gives_three_maps_over_the_image(shapes_checkpoint, shapes_images):
     from projects.acouplenet import attention_maps
-    model = init_detector(str(SHAPES_CONFIG), str(checkpoint), device='cpu')
+    model = init_detector(str(SHAPES_CONFIG), str(shapes_checkpoint), device='cpu')
     backbone_inputs = []
     # The detector calls the backbone's forward_with_attention, not the module: watch its stem.
     handle = model.backbone.conv1.register_forward_pre_hook(lambda module, args: backbone_inputs.append(args[0]))
     try:
-        result, maps = predict_with_attention(model, images[0])
+        result, maps = predict_with_attention(model, shapes_images[0])
     finally:
         handle.remove()
     assert len(backbone_inputs) == 1  # the maps come from the pass that made the detections
@@ -74,42 +56,42 @@ def test_predict_with_attention_gives_three_maps_over_the_image(checkpoint, imag
         assert amap.shape == (256 // stride, 256 // stride)
         assert float(amap.min()) >= 0 and float(amap.max()) <= 1
         torch.testing.assert_close(amap, reference[0, 0])
-    array_result, _ = predict_with_attention(model, mmcv.imread(images[0]))  # a BGR array works too
+    array_result, _ = predict_with_attention(model, mmcv.imread(shapes_images[0]))  # a BGR array works too
     torch.testing.assert_close(array_result.pred_instances.bboxes, result.pred_instances.bboxes)
 
 
-def test_demo_writes_the_figure(checkpoint, images, tmp_path, capsys):
+def test_demo_writes_the_figure(shapes_checkpoint, shapes_images, tmp_path, capsys):
     demo = load_tool('demo')
-    out = demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out',
-                              str(tmp_path / 'fig.png')])
+    model_args = ['--config', str(SHAPES_CONFIG), '--checkpoint', str(shapes_checkpoint)]
+    out = demo.main(shapes_images + model_args + ['--out', str(tmp_path / 'fig.png')])
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
     with pytest.raises(SystemExit, match='not found'):
-        demo.main(['missing.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)])
-    before = Path(images[1]).read_bytes()
+        demo.main(['missing.jpg'] + model_args)
+    before = Path(shapes_images[1]).read_bytes()
     with pytest.raises(SystemExit, match=r'--out .* is one of the inputs and would be overwritten'):
-        demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--out', images[1]])
-    assert Path(images[1]).read_bytes() == before
+        demo.main(shapes_images + model_args + ['--out', shapes_images[1]])
+    assert Path(shapes_images[1]).read_bytes() == before
     with pytest.raises(SystemExit):
-        demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint), '--score-thr', '30'])
+        demo.main(shapes_images + model_args + ['--score-thr', '30'])
     assert '--score-thr is a score, from 0 to 1; got 30.0' in capsys.readouterr().err
     # A checkpoint of another model is refused, not run with random weights as init_detector would.
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    state = torch.load(shapes_checkpoint, map_location='cpu', weights_only=True)['state_dict']
     state.pop('roi_head.bbox_head.fc_cls.weight')
     torch.save(dict(state_dict=state), tmp_path / 'other.pth')
     with pytest.raises(SystemExit, match=r'does not fit the model(.|\n)*missing from the checkpoint: '
                                          r'roi_head\.bbox_head\.fc_cls\.weight'):
-        demo.main(images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(tmp_path / 'other.pth'),
-                            '--out', str(tmp_path / 'other.png')])
+        demo.main(shapes_images + ['--config', str(SHAPES_CONFIG), '--checkpoint', str(tmp_path / 'other.pth'),
+                                   '--out', str(tmp_path / 'other.png')])
     assert not (tmp_path / 'other.png').exists()
 
 
-def test_class_names_without_checkpoint_meta_come_from_the_config(checkpoint, tmp_path, monkeypatch):
+def test_class_names_without_checkpoint_meta_come_from_the_config(shapes_checkpoint, tmp_path, monkeypatch):
     """mmdet's init_detector names an unlabelled checkpoint's detections with COCO's 80 classes; ours does not."""
     from projects.acouplenet import safe_loading
     from projects.acouplenet.shapes import CLASSES
     logged = []
     monkeypatch.setattr(safe_loading, 'print_log', lambda msg, **kw: logged.append(msg))
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)['state_dict']
+    state = torch.load(shapes_checkpoint, map_location='cpu', weights_only=True)['state_dict']
     torch.save(dict(state_dict=state), tmp_path / 'bare.pth')
     assert init_detector(str(SHAPES_CONFIG), str(tmp_path / 'bare.pth'), device='cpu').dataset_meta['classes'][0] \
         == 'person'  # what mmdet does
@@ -123,7 +105,8 @@ def test_class_names_without_checkpoint_meta_come_from_the_config(checkpoint, tm
     assert 'a warning before' in messages and not any('use COCO classes' in m for m in messages), messages
     assert len(logged) == 1 and 'holds no class names' in logged[0] and CLASSES[0] in logged[0]
     # Class names in the checkpoint win, and they must be as many as the model's classes.
-    assert safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(checkpoint)).dataset_meta['classes'] == CLASSES
+    model = safe_loading.init_detector_strict(str(SHAPES_CONFIG), str(shapes_checkpoint))
+    assert model.dataset_meta['classes'] == CLASSES
     torch.save(dict(state_dict=state, meta=dict(dataset_meta=dict(classes=CLASSES[:4]))), tmp_path / 'four.pth')
     with pytest.raises(ValueError, match=r'four\.pth names 4 classes in its meta, but the model of .* predicts 6; '
                                          r'use the config the checkpoint was trained with'):
@@ -155,10 +138,10 @@ def test_attention_in_boxes_against_a_hand_drawn_map():
     assert np.isnan(no_background)
 
 
-def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
+def test_attention_stats_tool(shapes_checkpoint, tiny_shapes, tmp_path):
     tool = load_tool('attention_stats')
     out = tmp_path / 'stats.json'
-    rows = tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tiny_shapes), '--out', str(out)])
+    rows = tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--data-root', str(tiny_shapes), '--out', str(out)])
     assert json.loads(out.read_text()) == rows
     val = json.loads((tiny_shapes / 'annotations' / 'instances_val.json').read_text())
     for stride in (4, 8, 16):
@@ -167,7 +150,7 @@ def test_attention_stats_tool(checkpoint, tiny_shapes, tmp_path):
         for r in per_stride:
             assert 0 <= r['mean'] <= r['max'] <= 1 and 0 <= r['centre'] <= r['max']
     with pytest.raises(SystemExit, match='not found'):
-        tool.main([str(SHAPES_CONFIG), str(checkpoint), '--data-root', str(tmp_path)])
+        tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--data-root', str(tmp_path)])
 
 
 def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp_path):
@@ -225,7 +208,7 @@ def _by_score(pred):
     return {k: np.asarray(pred[k])[order] for k in ('bboxes', 'scores', 'labels')}
 
 
-def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_shapes, tmp_path):
+def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(shapes_checkpoint, tiny_shapes, tmp_path):
     """tools/test.py --tta (mmdet's flip TTA when the config has none): each image's detections are one NMS
     over its unflipped and flipped views, so an image and its mirror image get mirrored detections, which
     plain testing does not give (the network is not flip-equivariant), and the evaluation runs on them."""
@@ -255,7 +238,7 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_
 
     def detections(*extra):
         out = tmp_path / f'preds{len(extra)}.pkl'
-        metrics = test_tool.main([str(config), str(checkpoint), '--work-dir', str(tmp_path / 'work'),
+        metrics = test_tool.main([str(config), str(shapes_checkpoint), '--work-dir', str(tmp_path / 'work'),
                                   '--out', str(out), *extra])
         assert 'coco/bbox_mAP' in metrics
         preds = sorted(mmengine.load(str(out)), key=lambda p: p['img_id'])
@@ -286,7 +269,7 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(checkpoint, tiny_
         apply_tta(cfg)
 
 
-def test_tools_refuse_a_device_this_machine_lacks_before_loading_anything(checkpoint, images, capsys):
+def test_tools_refuse_a_device_this_machine_lacks_before_loading_anything(shapes_checkpoint, shapes_images, capsys):
     """demo, attention_stats and benchmark_speed check --device when parsing it (torch would fail deep in
     model loading with "Found no NVIDIA driver" on a CPU-only machine)."""
     import argparse
@@ -302,8 +285,9 @@ def test_tools_refuse_a_device_this_machine_lacks_before_loading_anything(checkp
     with pytest.raises(argparse.ArgumentTypeError, match=r'the tools run on cpu or cuda\[:N\], not meta'):
         device_arg('meta')
     assert device_arg('cpu') == 'cpu'
-    for tool, argv in (('demo', [images[0], '--config', str(SHAPES_CONFIG), '--checkpoint', str(checkpoint)]),
-                       ('attention_stats', [str(SHAPES_CONFIG), str(checkpoint)]), ('benchmark_speed', [])):
+    demo_argv = [shapes_images[0], '--config', str(SHAPES_CONFIG), '--checkpoint', str(shapes_checkpoint)]
+    for tool, argv in (('demo', demo_argv),
+                       ('attention_stats', [str(SHAPES_CONFIG), str(shapes_checkpoint)]), ('benchmark_speed', [])):
         with pytest.raises(SystemExit):
             load_tool(tool).main(argv + ['--device', missing_cuda])
         assert f'argument --device: {missing_cuda}: {expected}' in capsys.readouterr().err, tool
