@@ -292,12 +292,22 @@ def test_loss_decreases_when_overfitting_a_few_images(tmp_path, tiny_shapes):
     cfg.experiment_name = 'overfit'
     runner = Runner.from_cfg(cfg)
     runner.train()
-    # (the message hub, not vis_data/scalars.json: mmengine's visualizer is one instance per process, so
-    # a second runner in the same process writes its scalars into the first runner's folder)
     losses = runner.message_hub.get_scalar('train/loss').data[0].tolist()
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.6 * first, (first, last)
+
+
+def test_each_run_in_one_process_logs_its_scalars_in_its_own_work_dir(tmp_path, tiny_shapes):
+    """mmengine hands a later runner the visualizer made first in the process (here a DetInferencer's, which
+    saves nowhere), so without its own visualizer a run's vis_data/scalars.json is lost or lands elsewhere."""
+    from mmdet.registry import VISUALIZERS
+    config = _tiny_config_file(tmp_path, tiny_shapes, iters=1)
+    VISUALIZERS.build(dict(Config.fromfile(str(config)).visualizer, save_dir=None))  # DetInferencer's way
+    train = load_tool('train')
+    for run in ('first', 'second'):
+        train.main([str(config), '--work-dir', str(tmp_path / run)])
+        assert [s['iter'] for s in _scalars(tmp_path / run) if 'loss' in s] == [1], run
 
 
 @HOOKS.register_module(force=True)

@@ -22,7 +22,9 @@ def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
     * ``amp``: mmengine's ``AmpOptimWrapper`` (a ``torch.cuda.amp`` grad scaler)
       when CUDA is available; on a CPU-only machine a clear error instead of
       mmengine's bare assertion.
+    * The runner gets a visualizer of its own (see :func:`own_visualizer`).
     """
+    own_visualizer(cfg)
     if not torch.cuda.is_available():
         env_cfg = cfg.setdefault('env_cfg', {})
         dist_cfg = env_cfg.setdefault('dist_cfg', {})
@@ -39,6 +41,33 @@ def prepare_cfg(cfg: Config, amp: bool = False) -> Config:
                 'Drop --amp to train in fp32 on the CPU, or run on a GPU.')
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+    return cfg
+
+
+def own_visualizer(cfg: Config) -> Config:
+    """Rename ``cfg.visualizer`` where this process already holds a visualizer of that name, in place.
+
+    mmdet's configs name theirs ``'visualizer'``, and mmengine's ``get_instance``
+    hands a later runner the instance made first in the process (by a
+    ``DetInferencer``, or an earlier run in a notebook or test) with that one's
+    vis backends and save dir: the new run's ``vis_data/scalars.json`` went to
+    the other run's folder, or nowhere. A new name builds a new instance that
+    writes into this run's log dir; ``Visualizer.get_current_instance()``, which
+    the hooks use, then returns it.
+    """
+    vis = cfg.get('visualizer')
+    if not isinstance(vis, dict) or 'type' not in vis:
+        return cfg
+    from mmdet.registry import VISUALIZERS
+    vis_cls = vis['type'] if isinstance(vis['type'], type) else VISUALIZERS.get(vis['type'])
+    name = vis.get('name')
+    if vis_cls is None or name is None or not vis_cls.check_instance_created(name):
+        return cfg
+    # (each visualizer class keeps its own instances: ask the class the config builds)
+    suffix = 1
+    while vis_cls.check_instance_created(f'{name}-{suffix}'):
+        suffix += 1
+    vis['name'] = f'{name}-{suffix}'
     return cfg
 
 
