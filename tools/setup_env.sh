@@ -34,7 +34,7 @@ if [[ -f "$STAMP" ]]; then
 fi
 
 if ! "$PYTHON" -c 'import sys; sys.exit(0 if (3, 9) <= sys.version_info[:2] <= (3, 11) else 1)'; then
-  log "error: $PYTHON is $("$PYTHON" -V 2>&1); mmcv 2.1.0 builds on Python 3.9-3.11. Set PYTHON=python3.11."
+  log "error: $PYTHON is $("$PYTHON" -V 2>&1); this setup supports Python 3.9-3.11 (pyproject.toml's requires-python; CI runs 3.11). Set PYTHON=python3.11."
   exit 1
 fi
 
