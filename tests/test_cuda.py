@@ -35,6 +35,15 @@ def _assert_close(actual, expected, name, rtol=1e-4, atol_of_max=1e-4):
                                msg=lambda m: f'{name}: {m}')
 
 
+def _assert_valid_detections(result):
+    """Finite scores, and (x1, y1, x2, y2) boxes inside ``result``'s original image."""
+    pred = result.pred_instances
+    h, w = result.ori_shape
+    assert torch.isfinite(pred.scores).all()
+    assert (pred.bboxes[:, 0::2] >= 0).all() and (pred.bboxes[:, 0::2] <= w).all()
+    assert (pred.bboxes[:, 1::2] >= 0).all() and (pred.bboxes[:, 1::2] <= h).all()
+
+
 def _outputs(model, device, inputs, samples):
     """conv4/conv5 features, attention logits and both branches' coupled head outputs on ``ROIS``."""
     with torch.no_grad():
@@ -108,11 +117,8 @@ def test_predict_on_cuda_gives_boxes_inside_each_image():
     with torch.no_grad():
         results = model.predict(inputs.cuda(), [s.to('cuda') for s in samples])
     for result in results:
-        pred = result.pred_instances
-        h, w = result.ori_shape
-        assert pred.bboxes.is_cuda and torch.isfinite(pred.scores).all()
-        assert (pred.bboxes[:, 0::2] >= 0).all() and (pred.bboxes[:, 0::2] <= w).all()
-        assert (pred.bboxes[:, 1::2] >= 0).all() and (pred.bboxes[:, 1::2] <= h).all()
+        assert result.pred_instances.bboxes.is_cuda
+        _assert_valid_detections(result)
 
 
 def test_demo_and_inferencer_on_cuda(exact_fp32, shapes_checkpoint, shapes_images, tmp_path):
@@ -132,11 +138,9 @@ def test_demo_and_inferencer_on_cuda(exact_fp32, shapes_checkpoint, shapes_image
         assert gpu_map.device.type == 'cpu'  # cropped and brought to the host for drawing
         _assert_close(gpu_map, cpu_map, f'attention map, stride {stride}')
     pred = gpu_result.pred_instances
-    h, w = gpu_result.ori_shape
     assert gpu_result.ori_shape == cpu_result.ori_shape and pred.bboxes.is_cuda
-    assert len(pred) == len(cpu_result.pred_instances) > 0 and torch.isfinite(pred.scores).all()
-    assert (pred.bboxes[:, 0::2] >= 0).all() and (pred.bboxes[:, 0::2] <= w).all()
-    assert (pred.bboxes[:, 1::2] >= 0).all() and (pred.bboxes[:, 1::2] <= h).all()
+    assert len(pred) == len(cpu_result.pred_instances) > 0
+    _assert_valid_detections(gpu_result)
 
     figure = tmp_path / 'fig.png'
     model_args = ['--config', str(SHAPES_CONFIG), '--checkpoint', str(shapes_checkpoint)]

@@ -59,11 +59,11 @@ def own_visualizer(cfg: Config) -> Config:
     if not isinstance(vis, dict) or 'type' not in vis:
         return cfg
     from mmdet.registry import VISUALIZERS
+    # Each visualizer class keeps its own instances: ask the class the config builds.
     vis_cls = vis['type'] if isinstance(vis['type'], type) else VISUALIZERS.get(vis['type'])
     name = vis.get('name')
     if vis_cls is None or name is None or not vis_cls.check_instance_created(name):
         return cfg
-    # (each visualizer class keeps its own instances: ask the class the config builds)
     suffix = 1
     while vis_cls.check_instance_created(f'{name}-{suffix}'):
         suffix += 1
