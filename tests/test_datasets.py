@@ -205,3 +205,79 @@ def test_sbd_converter_lists_the_instances_it_leaves_out(tmp_path):
     assert '1 instances in 1 images (2 instance(s) skipped, listed above' in out.stdout
     written = json.loads((tmp_path / 'sbd.json').read_text())['images']['000001']['instances']
     assert [i['category'] for i in written] == ['person']
+
+
+# -- COCO, the paper's final protocol: train + val -> test-dev ----------------------------------------
+COCO_CATEGORY_IDS = (list(range(1, 12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45)) + list(range(46, 66))
+                     + [67, 70] + list(range(72, 83)) + list(range(84, 91)))  # COCO's 80 ids, with its gaps
+
+
+@pytest.fixture()
+def coco_layout(tiny_shapes, tmp_path):
+    """The shapes data in COCO 2017's layout and category ids: train2017, val2017 and an unannotated
+    test-dev2017 (image_info_test-dev2017.json: images and categories only, as COCO ships it)."""
+    from mmdet.datasets import CocoDataset
+    root = tmp_path / 'coco'
+    (root / 'annotations').mkdir(parents=True)
+    categories = [dict(id=i, name=name) for i, name in zip(COCO_CATEGORY_IDS, CocoDataset.METAINFO['classes'])]
+    for split, source in (('train2017', 'train'), ('val2017', 'val'), ('test2017', 'val')):
+        data = json.loads((tiny_shapes / 'annotations' / f'instances_{source}.json').read_text())
+        (root / split).symlink_to(tiny_shapes / source, target_is_directory=True)
+        shape_ids = sorted(c['id'] for c in data['categories'])  # shape class k -> COCO's k-th category
+        for ann in data['annotations']:
+            ann['category_id'] = COCO_CATEGORY_IDS[shape_ids.index(ann['category_id'])]
+        data['categories'] = categories
+        if split == 'test2017':
+            name = 'image_info_test-dev2017.json'
+            data = dict(images=data['images'], categories=categories)
+        else:
+            name = f'instances_{split}.json'
+        (root / 'annotations' / name).write_text(json.dumps(data))
+    return root
+
+
+def test_coco_paper_configs_train_on_train_and_val_and_write_test_dev_detections(coco_layout, tmp_path):
+    """Table IX's protocol: the union of train2017 and val2017 for training, no validation on images it trains
+    on, and test-dev detections written for the evaluation server, with COCO's category ids."""
+    from mmengine.runner import Runner
+
+    from projects.acouplenet.runtime import prepare_cfg
+    for name in ('acouplenet_r101_8xb2-ms-180k_coco', 'couplenet_r101_4xb1-ms-580k_coco'):
+        cfg = Config.fromfile(str(REPO / 'configs' / 'acouplenet' / f'{name}.py'))
+        assert cfg.val_cfg is None and cfg.val_dataloader is None and cfg.val_evaluator is None
+        assert cfg.test_evaluator.format_only and name in cfg.test_evaluator.outfile_prefix
+
+    train = _train_dataset(COCO_CONFIG, coco_layout)
+    annotated = {split: {img['file_name'] for img in json.loads(
+        (coco_layout / 'annotations' / f'instances_{split}.json').read_text())['images']} for split in
+        ('train2017', 'val2017')}
+    used = {}
+    for i in range(len(train)):
+        info = train.get_data_info(i)
+        split = os.path.basename(os.path.dirname(info['img_path']))
+        used.setdefault(split, set()).add(os.path.basename(info['img_path']))
+    assert set(used) == {'train2017', 'val2017'}
+    assert all(used[split] <= annotated[split] for split in used)
+
+    cfg = Config.fromfile(str(COCO_CONFIG))
+    cfg.model = shrink_model_cfg(cfg.model)
+    cfg.test_dataloader.dataset.data_root = str(coco_layout) + '/'
+    cfg.test_dataloader.num_workers = 0
+    cfg.test_dataloader.persistent_workers = False
+    cfg.test_evaluator.ann_file = str(coco_layout / 'annotations' / 'image_info_test-dev2017.json')
+    cfg.test_evaluator.outfile_prefix = str(tmp_path / 'out' / 'detections_test-dev2017_acouplenet_results')
+    cfg.work_dir = str(tmp_path / 'work')
+    metrics = Runner.from_cfg(prepare_cfg(cfg)).test()
+    assert metrics == {}  # format only: test-dev has no annotations to score against
+
+    images = {img['id']: img for img in json.loads(
+        (coco_layout / 'annotations' / 'image_info_test-dev2017.json').read_text())['images']}
+    detections = json.loads((tmp_path / 'out' / 'detections_test-dev2017_acouplenet_results.bbox.json').read_text())
+    assert {d['image_id'] for d in detections} == set(images)  # random weights: every image gets boxes
+    assert {d['category_id'] for d in detections} <= set(COCO_CATEGORY_IDS)
+    for d in detections:
+        x, y, w, h = d['bbox']
+        img = images[d['image_id']]
+        assert 0 <= x and 0 <= y and w >= 0 and h >= 0
+        assert x + w <= img['width'] + 0.01 and y + h <= img['height'] + 0.01  # in the original image's pixels
+        assert 0 <= d['score'] <= 1

@@ -242,8 +242,8 @@ def test_tools_name_a_missing_config_or_checkpoint(tmp_path, capsys):
 
 def test_main_job_refuses_a_config_not_for_the_shapes_data_before_generating_it(tmp_path):
     main_job = load_tool('main_job')
-    for config, reads in (('configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py',
-                           'annotations/instances_train2017.json'),
+    for config, reads in (('configs/acouplenet/ablations/acouplenet_r101_4xb2-12e_coco.py',
+                           'annotations/instances_valminusminival2014.json'),
                           ('configs/acouplenet/acouplenet_r101_1xb2-ms-110k_voc0712.py',
                            r'a ConcatDataset \(no single ann_file\)')):
         with pytest.raises(SystemExit, match=f'--config {config} reads {reads} for its train_dataloader, not the '
