@@ -147,8 +147,9 @@ def tiny_train_cfg(data_root, work_dir, iters, config=SHAPES_CONFIG, batch_size=
     set_coco_data_root(cfg, str(data_root))
     set_iterations(cfg, iters)
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
+        if cfg.get(loader) is not None:  # the COCO paper configs have no val_dataloader
+            cfg[loader].num_workers = 0
+            cfg[loader].persistent_workers = False
     cfg.train_dataloader.batch_size = batch_size
     if not random_flip:
         cfg.train_dataloader.dataset.pipeline = [t for t in cfg.train_dataloader.dataset.pipeline

@@ -16,7 +16,7 @@ from mmdet.evaluation import VOCMetric
 from mmdet.registry import DATASETS, MODELS
 from projects.acouplenet import attention_targets
 
-from .conftest import REPO, shrink_model_cfg
+from .conftest import REPO, shrink_model_cfg, tiny_train_cfg
 
 BASES = REPO / 'configs' / '_base_' / 'datasets'
 COCO_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_8xb2-ms-180k_coco.py'
@@ -240,34 +240,29 @@ def test_coco_paper_configs_train_on_train_and_val_and_write_test_dev_detections
     """Table IX's protocol: the union of train2017 and val2017 for training, no validation on images it trains
     on, and test-dev detections written for the evaluation server, with COCO's category ids."""
     from mmengine.runner import Runner
-
-    from projects.acouplenet.runtime import prepare_cfg
     for name in ('acouplenet_r101_8xb2-ms-180k_coco', 'couplenet_r101_4xb1-ms-580k_coco'):
         cfg = Config.fromfile(str(REPO / 'configs' / 'acouplenet' / f'{name}.py'))
         assert cfg.val_cfg is None and cfg.val_dataloader is None and cfg.val_evaluator is None
         assert cfg.test_evaluator.format_only and name in cfg.test_evaluator.outfile_prefix
 
-    train = _train_dataset(COCO_CONFIG, coco_layout)
+    cfg = tiny_train_cfg(coco_layout, tmp_path / 'work', iters=2, config=COCO_CONFIG)
+    cfg.model = shrink_model_cfg(cfg.model)
+    cfg.test_evaluator.outfile_prefix = str(tmp_path / 'out' / 'detections_test-dev2017_acouplenet_results')
+    runner = Runner.from_cfg(cfg)
+    # set_coco_data_root (in tiny_train_cfg) pointed each part of the ConcatDataset at the data
+    train = runner.train_dataloader.dataset
     annotated = {split: {img['file_name'] for img in json.loads(
         (coco_layout / 'annotations' / f'instances_{split}.json').read_text())['images']} for split in
         ('train2017', 'val2017')}
     used = {}
     for i in range(len(train)):
-        info = train.get_data_info(i)
-        split = os.path.basename(os.path.dirname(info['img_path']))
-        used.setdefault(split, set()).add(os.path.basename(info['img_path']))
+        img_path = train.get_data_info(i)['img_path']
+        used.setdefault(os.path.basename(os.path.dirname(img_path)), set()).add(os.path.basename(img_path))
     assert set(used) == {'train2017', 'val2017'}
     assert all(used[split] <= annotated[split] for split in used)
-
-    cfg = Config.fromfile(str(COCO_CONFIG))
-    cfg.model = shrink_model_cfg(cfg.model)
-    cfg.test_dataloader.dataset.data_root = str(coco_layout) + '/'
-    cfg.test_dataloader.num_workers = 0
-    cfg.test_dataloader.persistent_workers = False
-    cfg.test_evaluator.ann_file = str(coco_layout / 'annotations' / 'image_info_test-dev2017.json')
-    cfg.test_evaluator.outfile_prefix = str(tmp_path / 'out' / 'detections_test-dev2017_acouplenet_results')
-    cfg.work_dir = str(tmp_path / 'work')
-    metrics = Runner.from_cfg(prepare_cfg(cfg)).test()
+    runner.train()
+    assert runner.val_loop is None and runner.iter == 2
+    metrics = runner.test()
     assert metrics == {}  # format only: test-dev has no annotations to score against
 
     images = {img['id']: img for img in json.loads(
@@ -281,3 +276,23 @@ def test_coco_paper_configs_train_on_train_and_val_and_write_test_dev_detections
         assert 0 <= x and 0 <= y and w >= 0 and h >= 0
         assert x + w <= img['width'] + 0.01 and y + h <= img['height'] + 0.01  # in the original image's pixels
         assert 0 <= d['score'] <= 1
+
+
+    # The README's overrides that score val2017 instead, parsed as tools/test.py parses --cfg-options.
+    import argparse
+
+    from mmengine.config import DictAction
+
+    from projects.acouplenet.runtime import set_coco_data_root
+    overrides = ('test_dataloader.dataset.ann_file=annotations/instances_val2017.json '
+                 'test_dataloader.dataset.data_prefix.img=val2017/ test_evaluator.format_only=False '
+                 'test_evaluator.ann_file=data/coco/annotations/instances_val2017.json')
+    assert overrides in ' '.join((REPO / 'README.md').read_text().split())
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    cfg = tiny_train_cfg(coco_layout, tmp_path / 'work_val', iters=2, config=COCO_CONFIG)
+    cfg.model = shrink_model_cfg(cfg.model)
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', *overrides.split()]).cfg_options)
+    set_coco_data_root(cfg, str(coco_layout))  # the evaluator's ann_file, as the config's, under data/coco/
+    metrics = Runner.from_cfg(cfg).test()
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1  # scored against val2017's annotations

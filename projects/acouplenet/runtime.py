@@ -186,7 +186,9 @@ def set_coco_data_root(cfg: Config, root: str) -> Config:
     root = osp.abspath(root) + '/'
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         if cfg.get(loader):
-            inner_dataset_cfg(cfg[loader].dataset)['data_root'] = root
+            dataset = cfg[loader].dataset
+            for part in dataset.get('datasets', [dataset]):  # a ConcatDataset's parts, or the dataset itself
+                inner_dataset_cfg(part)['data_root'] = root
     for evaluator in ('val_evaluator', 'test_evaluator'):
         if cfg.get(evaluator) and 'ann_file' in cfg[evaluator]:
             cfg[evaluator].ann_file = osp.join(root, osp.relpath(cfg[evaluator].ann_file, cfg.data_root))
