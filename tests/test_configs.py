@@ -36,6 +36,8 @@ def test_there_are_configs():
             'acouplenet/couplenet_r101_1xb2-ms-110k_voc0712.py'} <= names
     table1 = [n for n in names if re.fullmatch(r'acouplenet/ablations/couplenet-(none|l2|conv)-(sum|prod|max)_.*', n)]
     assert len(table1) == 9
+    table4 = [n for n in names if re.fullmatch(r'acouplenet/ablations/(rfcn|couplenet-global-only)-[12]extra-.*', n)]
+    assert len(table4) == 4
 
 
 def _resolves(name):

@@ -127,6 +127,8 @@ def test_class_specific_regression():
     (dict(context_branch='both'), "context_branch='both' is invalid"),
     (dict(with_local=False, with_global=False), 'enable at least one branch'),
     (dict(with_context='yes'), 'with_context'),
+    (dict(extra_blocks=-1), "extra_blocks=-1 must be an int >= 0 (the paper's Table IV uses 1 or 2)"),
+    (dict(extra_blocks=True), 'extra_blocks=True must be an int >= 0'),
 ])
 def test_bad_switches_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match.replace('(', r'\(').replace(')', r'\)')):
@@ -142,3 +144,34 @@ def test_global_feature_size_checked():
     head = _head()
     with pytest.raises(ValueError, match='output_size to group_size'):
         head(torch.randn(2, 9, 3, 3), torch.randn(2, 12, 7, 7))
+
+
+def test_extra_blocks_are_residual_bottlenecks_before_both_branches():
+    """Table IV's head: relu(x + 1x1(relu(3x3(relu(1x1(x)))))) at a quarter of the width, on the shared map."""
+    plain = _head()
+    assert plain.extra_blocks is None and not any('extra_blocks' in k for k in plain.state_dict())
+    head = _head(mid_channels=8, extra_blocks=2)
+    blocks = list(head.extra_blocks)
+    assert len(blocks) == 2
+    for block in blocks:
+        assert [(c.in_channels, c.out_channels, c.kernel_size) for c in (block.conv1, block.conv2, block.conv3)] == \
+            [(8, 2, (1, 1)), (2, 2, (3, 3)), (2, 8, (1, 1))]
+        # the paper's N(0, 0.01) for new layers, zero biases
+        assert all(c.weight.abs().max() < 0.1 and c.weight.abs().sum() > 0 and not c.bias.any()
+                   for c in (block.conv1, block.conv2, block.conv3))
+    for block in blocks:  # move the blocks away from their near-identity start so the test sees them
+        for conv in (block.conv1, block.conv2, block.conv3):
+            torch.nn.init.normal_(conv.weight, std=0.5)
+            torch.nn.init.normal_(conv.bias, std=0.5)
+    x = torch.randn(2, 8, 5, 6)
+    shared = F.relu(F.conv2d(x, head.reduce_conv.weight, head.reduce_conv.bias))
+    for block in blocks:
+        out = F.relu(F.conv2d(shared, block.conv1.weight, block.conv1.bias))
+        out = F.relu(F.conv2d(out, block.conv2.weight, block.conv2.bias, padding=1))
+        shared = F.relu(shared + F.conv2d(out, block.conv3.weight, block.conv3.bias))
+    maps = head.forward_maps(x)
+    torch.testing.assert_close(maps['global'], shared)
+    torch.testing.assert_close(maps['local'], torch.cat([F.conv2d(shared, head.local_cls_conv.weight,
+                                                                  head.local_cls_conv.bias),
+                                                         F.conv2d(shared, head.local_reg_conv.weight,
+                                                                  head.local_reg_conv.bias)], dim=1))

@@ -1,6 +1,7 @@
 """The coupling module of CoupleNet / ACoupleNet (Sec. III-C to III-E).
 
-A shared 1x1 conv + ReLU reduces conv5 to ``mid_channels`` (1024). From it:
+A shared 1x1 conv + ReLU reduces conv5 to ``mid_channels`` (1024), optionally
+followed by residual bottleneck blocks (the paper's Table IV). From it:
 
 * the **local FCN** (R-FCN): 1x1 convs to ``k*k*(C+1)`` class maps and
   ``k*k*R`` box maps (R = 4, or 4*C class-specific), pooled position-
@@ -53,6 +54,29 @@ def _check_kwargs(kwargs: dict) -> None:
                         f'valid arguments are {", ".join(known)}')
 
 
+class HeadBottleneck(nn.Module):
+    """The residual block of the paper's Table IV: 1x1 conv to C/4, 3x3 conv, 1x1 conv back to C, plus x.
+
+    ``relu(x + conv3(relu(conv2(relu(conv1(x))))))`` on the (N, C, H, W)
+    reduced map; the paper adds one or two to a single-branch head to match
+    CoupleNet's parameter count ("1x1x256, 3x3x256 and 1x1x1024" for C=1024).
+    No normalisation layers: the head's other new layers have none either.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        width = max(channels // 4, 1)
+        self.conv1 = nn.Conv2d(channels, width, 1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv3 = nn.Conv2d(width, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, C, H, W)."""
+        out = F.relu(self.conv1(x))
+        out = F.relu(self.conv2(out))
+        return F.relu(x + self.conv3(out))
+
+
 def couple(local: Tensor, global_: Tensor, coupling: str) -> Tensor:
     """Element-wise coupling of two (n, D) branch outputs."""
     if coupling == 'sum':
@@ -90,6 +114,10 @@ class CoupledBBoxHead(BBoxHead):
             identity so training starts as 'none').
         coupling (str): 'sum', 'prod' or 'max'.
         reg_class_agnostic (bool): One box per RoI (the paper) or one per class.
+        extra_blocks (int): :class:`HeadBottleneck` blocks after the shared
+            reduction, before both branches (0; the paper's Table IV adds one
+            or two to R-FCN and to the global FCN to match CoupleNet's
+            parameter count).
         **kwargs: ``bbox_coder``, ``loss_cls``, ``loss_bbox``, ... of
             :class:`BBoxHead`.
     """
@@ -108,6 +136,7 @@ class CoupledBBoxHead(BBoxHead):
                  normalization: str = 'conv',
                  coupling: str = 'sum',
                  reg_class_agnostic: bool = True,
+                 extra_blocks: int = 0,
                  init_cfg=None,
                  **kwargs) -> None:
         _check_kwargs(kwargs)
@@ -122,6 +151,9 @@ class CoupledBBoxHead(BBoxHead):
                              'enable at least one branch')
         if not (isinstance(group_size, int) and group_size >= 1):
             raise ValueError(f'CoupledBBoxHead: group_size={group_size!r} must be a positive int (7 in the paper)')
+        if not (isinstance(extra_blocks, int) and not isinstance(extra_blocks, bool) and extra_blocks >= 0):
+            raise ValueError(f'CoupledBBoxHead: extra_blocks={extra_blocks!r} must be an int >= 0 (the paper\'s '
+                             f'Table IV uses 1 or 2)')
         if not context_scale > 0:
             raise ValueError(f'CoupledBBoxHead: context_scale={context_scale!r} must be > 0')
         # The classifiers of the global branch are BBoxHead's fc_cls / fc_reg; they see the 1 x 1
@@ -151,6 +183,11 @@ class CoupledBBoxHead(BBoxHead):
         self.reduce_conv = nn.Conv2d(in_channels, mid_channels, 1)
         self.relu = nn.ReLU(inplace=True)
         init = [dict(type='Normal', std=0.01, bias=0, override=dict(name='reduce_conv'))]
+        if extra_blocks:
+            self.extra_blocks = nn.Sequential(*(HeadBottleneck(mid_channels) for _ in range(extra_blocks)))
+            init.append(dict(type='Normal', std=0.01, bias=0, override=dict(name='extra_blocks')))
+        else:
+            self.extra_blocks = None
         if with_local:
             self.local_cls_conv = nn.Conv2d(mid_channels, k2 * self.cls_dim, 1)
             self.local_reg_conv = nn.Conv2d(mid_channels, k2 * self.reg_dim, 1)
@@ -215,6 +252,8 @@ class CoupledBBoxHead(BBoxHead):
             raise ValueError(f'CoupledBBoxHead: got a {x.size(1)}-channel feature map, expected '
                              f'in_channels={self.feat_channels}')
         shared = self.relu(self.reduce_conv(x))
+        if self.extra_blocks is not None:
+            shared = self.extra_blocks(shared)
         maps = {}
         if self.with_local:
             maps['local'] = torch.cat([self.local_cls_conv(shared), self.local_reg_conv(shared)], dim=1)
