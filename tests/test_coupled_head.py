@@ -175,3 +175,32 @@ def test_extra_blocks_are_residual_bottlenecks_before_both_branches():
                                                                   head.local_cls_conv.bias),
                                                          F.conv2d(shared, head.local_reg_conv.weight,
                                                                   head.local_reg_conv.bias)], dim=1))
+
+
+def test_global_branch_runs_in_onednn_at_inference_with_the_training_paths_outputs():
+    """linear_relu: oneDNN's fused inner product under no_grad on the CPU, F.linear where autograd records."""
+    from projects.acouplenet.coupled_bbox_head import _ONEDNN_LINEAR
+    assert _ONEDNN_LINEAR  # the pinned torch ships the op; without it the CPU speed-up is off
+    head = _head(normalization='none')
+    local_bins, global_feats = torch.randn(5, 9, 3, 3), torch.randn(5, 12, 3, 3)
+
+    def run():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            outputs = head(local_bins, global_feats)
+        return outputs, {event.name for event in prof.events()}
+
+    (cls_train, reg_train), ops_train = run()
+    assert 'mkldnn::_linear_pointwise' not in ops_train
+    (cls_train.sum() + reg_train.sum()).backward()
+    assert head.global_conv.weight.grad is not None and head.global_conv.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        (cls_test, reg_test), ops_test = run()
+    assert 'mkldnn::_linear_pointwise' in ops_test
+    torch.testing.assert_close(cls_test, cls_train.detach())
+    torch.testing.assert_close(reg_test, reg_train.detach())
+    (lc, lr), (gc, gr) = _branch_outputs(head, local_bins, global_feats)  # the conv formulation
+    torch.testing.assert_close(cls_test, lc + gc)
+    torch.testing.assert_close(reg_test, lr + gr)
+    with torch.no_grad():  # no RoIs
+        cls_empty, reg_empty = head(torch.randn(0, 9, 3, 3), torch.randn(0, 12, 3, 3))
+    assert cls_empty.shape == (0, 5) and reg_empty.shape == (0, 4)
