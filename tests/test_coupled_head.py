@@ -204,3 +204,8 @@ def test_global_branch_runs_in_onednn_at_inference_with_the_training_paths_outpu
     with torch.no_grad():  # no RoIs
         cls_empty, reg_empty = head(torch.randn(0, 9, 3, 3), torch.randn(0, 12, 3, 3))
     assert cls_empty.shape == (0, 5) and reg_empty.shape == (0, 4)
+    # Traced (FLOP counters, export), the products stay aten::linear, which counters count.
+    with torch.no_grad():
+        traced = torch.jit.trace(head, (local_bins, global_feats))
+    assert 'aten::linear' in str(traced.inlined_graph) and '_linear_pointwise' not in str(traced.inlined_graph)
+    torch.testing.assert_close(traced(local_bins, global_feats)[0], cls_test)

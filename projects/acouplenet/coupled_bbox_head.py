@@ -92,11 +92,14 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     1024 product took 0.32 s in ``F.linear`` (179 GFLOP/s, half of what the
     backbone's oneDNN convolutions reach there) and 0.15 s here (2026-12-04,
     timed alone; outputs equal to rounding). Training (oneDNN's op has no backward),
-    CUDA and other dtypes take ``F.linear``.
+    CUDA and other dtypes take ``F.linear``, and so do tracing (FLOP counters,
+    ONNX export: the op's arguments do not trace, and counters know
+    ``aten::linear``) and ``torch.compile``, which picks its own kernels.
     """
     if (x.device.type == 'cpu' and x.dtype == torch.float32 and _ONEDNN_LINEAR and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                  or (bias is not None and bias.requires_grad)))):
+                                                  or (bias is not None and bias.requires_grad)))
+            and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'relu', [], '')
     return F.relu(F.linear(x, weight, bias))
 
