@@ -1,4 +1,5 @@
 """Inference like an MMDetection user: DetInferencer, init_detector / inference_detector and the demo."""
+import argparse
 import json
 import statistics
 import warnings
@@ -153,7 +154,7 @@ def test_attention_stats_tool(shapes_checkpoint, tiny_shapes, tmp_path):
         tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--data-root', str(tmp_path)])
 
 
-def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp_path):
+def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp_path, monkeypatch):
     """tools/benchmark_speed.py at a tiny input: one table, three latencies, one R-CNN test setting for all."""
     bench = load_tool('benchmark_speed')
     paper_rcnn = Config.fromfile(str(REPO / bench.MODELS['acouplenet'][1])).model.test_cfg.rcnn
@@ -164,6 +165,18 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     # The branch-gated ACoupleNet is timed on request only; its config changes nothing but the gate.
     assert 'acouplenet-branch' not in bench.parse_args([]).models
     assert bench.build('acouplenet-branch', 'cpu').backbone.attention_gate == 'branch'
+    # acouplenet-blas runs ACoupleNet's global products in F.linear, the same outputs.
+    import projects.acouplenet.coupled_bbox_head as head_module
+    assert 'acouplenet-blas' not in bench.parse_args([]).models
+    blas_model = bench.build('acouplenet-blas', 'cpu')
+    seen = []
+    original = head_module.linear_relu
+    monkeypatch.setattr(head_module, 'linear_relu', lambda *a: seen.append(head_module._blas_only) or original(*a))
+    images, sample = torch.randn(1, 3, 64, 96), bench.Inputs(argparse.Namespace(device='cpu', shape=(64, 96))).sample
+    with torch.no_grad():
+        blas_model._forward(images, [sample()])
+        blas_model.__class__._forward(blas_model, images, [sample()])  # the unwrapped method
+    assert seen == [True, True, False, False] and head_module._blas_only is False
 
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
                 '--warmup', '0', '--no-flops', '--profile', '--paired', '3', '--out', str(tmp_path)])

@@ -38,6 +38,10 @@ the top operators by self time on the device (CUDA kernels on a GPU), written to
 ``--tf32`` (CUDA only) times every model with TF32 matrix products
 (``torch.backends.cuda.matmul.allow_tf32``), a switch PyTorch leaves off and a user sets before inference;
 cuDNN's convolutions use TF32 either way (PyTorch's default). Its files are named ``*_cuda_tf32.*``.
+
+Two variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
+blocks) and ``acouplenet-blas`` (ACoupleNet with its global branch's products in ``F.linear``, PyTorch's BLAS,
+instead of oneDNN on the CPU: ``--models acouplenet acouplenet-blas rfcn --paired N`` times what oneDNN saves).
 """
 import argparse
 import json
@@ -62,6 +66,9 @@ MODELS = {
     # Not in the paper (nor timed by default): the gates inside the last residual blocks.
     'acouplenet-branch': ('ACoupleNet R-101, gates on the last residual branches',
                           'configs/acouplenet/ablations/acouplenet-att-branch_r101_4xb2-12e_coco.py', 300),
+    # ACoupleNet with its global products in F.linear (BLAS) instead of oneDNN on the CPU (blas_linear).
+    'acouplenet-blas': ('ACoupleNet R-101, global products in BLAS (F.linear)',
+                        'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 300),
 }
 DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'faster-rcnn-300', 'faster-rcnn-1000']
 
@@ -118,7 +125,19 @@ def build(key: str, device: str):
             part['init_cfg'] = None  # random weights: no download
     model = REGISTRY.build(cfg.model)
     model.init_weights()
+    if key == 'acouplenet-blas':
+        from projects.acouplenet.coupled_bbox_head import blas_linear
+        for name in ('predict', '_forward'):
+            setattr(model, name, _inside(blas_linear, getattr(model, name)))
     return model.to(device).eval()
+
+
+def _inside(context, method):
+    """``method`` run inside ``context()`` on every call."""
+    def run(*args, **kwargs):
+        with context():
+            return method(*args, **kwargs)
+    return run
 
 
 def apply_torch_settings(args) -> None:
@@ -323,6 +342,9 @@ def ratios(results: dict) -> list:
     if 'acouplenet-branch' in results:
         lines.append(latency_ratio('ACoupleNet with branch gates latency / ACoupleNet latency',
                                    results['acouplenet-branch'], a))
+    if 'acouplenet-blas' in results:
+        lines.append(latency_ratio('ACoupleNet latency / ACoupleNet with BLAS products latency', a,
+                                   results['acouplenet-blas']))
     return lines
 
 

@@ -18,7 +18,8 @@ box decoding, NMS), is mmdet's :class:`BBoxHead`.
 """
 import difflib
 import inspect
-from typing import Dict, Optional, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,22 @@ class HeadBottleneck(nn.Module):
 
 # oneDNN's fused linear + pointwise op (PyTorch builds with oneDNN ship it; others fall back to F.linear).
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
+_blas_only = False
+
+
+@contextmanager
+def blas_linear() -> Iterator[None]:
+    """Inside the block :func:`linear_relu` takes ``F.linear`` on the CPU too.
+
+    For timing what oneDNN saves (``tools/benchmark_speed.py --models
+    acouplenet acouplenet-blas --paired N``); not thread-safe.
+    """
+    global _blas_only
+    previous, _blas_only = _blas_only, True
+    try:
+        yield
+    finally:
+        _blas_only = previous
 
 
 def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -96,7 +113,8 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     ONNX export: the op's arguments do not trace, and counters know
     ``aten::linear``) and ``torch.compile``, which picks its own kernels.
     """
-    if (x.device.type == 'cpu' and x.dtype == torch.float32 and _ONEDNN_LINEAR and torch.backends.mkldnn.enabled
+    if (x.device.type == 'cpu' and x.dtype == torch.float32 and _ONEDNN_LINEAR and not _blas_only
+            and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                   or (bias is not None and bias.requires_grad)))
             and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
