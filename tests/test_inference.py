@@ -165,7 +165,7 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     # The branch-gated ACoupleNet is timed on request only; its config changes nothing but the gate.
     assert 'acouplenet-branch' not in bench.parse_args([]).models
     assert bench.build('acouplenet-branch', 'cpu').backbone.attention_gate == 'branch'
-    # acouplenet-blas runs ACoupleNet's global products in F.linear, the same outputs.
+    # acouplenet-blas runs ACoupleNet's global products inside blas_linear (F.linear); the plain method does not.
     import projects.acouplenet.coupled_bbox_head as head_module
     assert 'acouplenet-blas' not in bench.parse_args([]).models
     blas_model = bench.build('acouplenet-blas', 'cpu')
