@@ -1,5 +1,6 @@
 """The real dataset formats, on small datasets the tests write: COCO instances feeding the attention
 targets with the paper's multi-scale pipeline, and VOC07+12 with SBD instance masks ("07+12+S")."""
+import argparse
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -8,13 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.dataset import pseudo_collate
 from scipy.io import savemat
 
 from mmdet.evaluation import VOCMetric
 from mmdet.registry import DATASETS, MODELS
 from projects.acouplenet import attention_targets
+from projects.acouplenet.runtime import set_coco_data_root
 
 from .conftest import REPO, shrink_model_cfg, tiny_train_cfg
 
@@ -277,13 +279,7 @@ def test_coco_paper_configs_train_on_train_and_val_and_write_test_dev_detections
         assert x + w <= img['width'] + 0.01 and y + h <= img['height'] + 0.01  # in the original image's pixels
         assert 0 <= d['score'] <= 1
 
-
     # The README's overrides that score val2017 instead, parsed as tools/test.py parses --cfg-options.
-    import argparse
-
-    from mmengine.config import DictAction
-
-    from projects.acouplenet.runtime import set_coco_data_root
     overrides = ('test_dataloader.dataset.ann_file=annotations/instances_val2017.json '
                  'test_dataloader.dataset.data_prefix.img=val2017/ test_evaluator.format_only=False '
                  'test_evaluator.ann_file=data/coco/annotations/instances_val2017.json')
