@@ -209,3 +209,30 @@ def test_global_branch_runs_in_onednn_at_inference_with_the_training_paths_outpu
         traced = torch.jit.trace(head, (local_bins, global_feats))
     assert 'aten::linear' in str(traced.inlined_graph) and '_linear_pointwise' not in str(traced.inlined_graph)
     torch.testing.assert_close(traced(local_bins, global_feats)[0], cls_test)
+
+
+def test_global_kxk_conv_reads_channels_last_features_and_weight_in_place():
+    """The k x k conv's weight is channels-last and stays so through init and loading a checkpoint of
+    either layout; features pooled channels-last go into the product without a copy (of either operand),
+    and every layout of features and weight gives the conv's outputs."""
+    from projects.acouplenet.coupled_bbox_head import kxk_operands
+    head = _head(normalization='none')
+    weight = head.global_conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    state = {k: v.contiguous() for k, v in head.state_dict().items()}  # a checkpoint in the default layout
+    head.load_state_dict(state)
+    assert head.global_conv.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(weight, state['global_conv.weight'], rtol=0, atol=0)
+
+    local_bins = torch.randn(5, 9, 3, 3)
+    pooled = torch.randn(5, 3, 3, 12).permute(0, 3, 1, 2)  # (n, C, k, k), channels-last as the pooling writes it
+    x, w = kxk_operands(pooled, weight)
+    assert x.data_ptr() == pooled.data_ptr() and w.data_ptr() == weight.data_ptr()
+    (lc, lr), (gc, gr) = _branch_outputs(head, local_bins, pooled)
+    with torch.no_grad():
+        for feats in (pooled, pooled.contiguous()):
+            for layout in (torch.channels_last, torch.contiguous_format):
+                head.global_conv.weight.data = weight.data.contiguous(memory_format=layout)
+                cls_score, bbox_pred = head(local_bins, feats)
+                torch.testing.assert_close(cls_score, lc + gc)
+                torch.testing.assert_close(bbox_pred, lr + gr)

@@ -242,6 +242,52 @@ def test_range_max_roi_pool_matches_torchvision_on_large_bins(monkeypatch):
     assert out.requires_grad and not calls
 
 
+def test_range_max_roi_pool_writes_roi_sets_side_by_side_in_channels_last_memory():
+    """``groups=2`` (proposals, then their contexts) is the two sets' pooled features concatenated along
+    the channels, written channels-last in one buffer, on the CPU path and on torchvision's (autograd)."""
+    gen = torch.Generator().manual_seed(12)
+    feat = torch.randn(2, 6, 40, 64, generator=gen, dtype=torch.float64)
+    rois = _mixed_rois(60, gen)  # empty bins included: off-map and zero-size RoIs
+    proposals, contexts = rois[:30], rois[30:]
+    expected = torch.cat([roi_pool(feat, proposals, 7, 1 / 16), roi_pool(feat, contexts, 7, 1 / 16)], dim=1)
+    layer = RangeMaxRoIPool(output_size=7, spatial_scale=1 / 16)
+    layer.bins_per_chunk = 37  # chunks that straddle the two sets
+    with torch.no_grad():
+        out = layer(feat, rois, groups=2)
+    assert out.shape == (30, 12, 7, 7) and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    trained = layer(feat.clone().requires_grad_(), rois, groups=2)
+    assert trained.requires_grad and trained.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(trained.detach(), expected, rtol=0, atol=0)
+    with torch.no_grad():
+        assert layer(feat, rois[:0], groups=2).shape == (0, 12, 7, 7)
+        with pytest.raises(ValueError, match='31 RoIs do not split into 2 equal sets'):
+            layer(feat, rois[:31], groups=2)
+
+
+def test_pool_roi_sets_with_mmdet_and_project_extractors():
+    """The RoI head's proposal + context pooling: the same features through mmdet's SingleRoIExtractor
+    (mmcv's RoIAlign) and through this project's extractors, as the two sets concatenated along channels."""
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
+
+    from projects.acouplenet.roi_extractors import pool_roi_sets
+    gen = torch.Generator().manual_seed(13)
+    feat = torch.randn(1, 5, 20, 24, generator=gen)
+    rois = torch.tensor([[0., 8., 8., 120., 90.], [0., 30., 4., 60., 70.], [0., 0., 0., 380., 310.]])
+    contexts = rois * torch.tensor([1., .5, .5, 1., 1.])
+    for roi_layer in (dict(type='RoIAlign', output_size=3, sampling_ratio=2), dict(type='RoIPool', output_size=3)):
+        mmdet_layer = dict(roi_layer, type='RoIAlign', aligned=True) if roi_layer['type'] == 'RoIAlign' else None
+        extractors = [TorchvisionRoIExtractor(roi_layer=roi_layer, out_channels=5, featmap_strides=[16])]
+        if mmdet_layer is not None:
+            extractors.append(SingleRoIExtractor(roi_layer=mmdet_layer, out_channels=5, featmap_strides=[16]))
+        for extractor in extractors:
+            with torch.no_grad():
+                out = pool_roi_sets(extractor, feat, (rois, contexts))
+                expected = torch.cat([extractor((feat, ), rois), extractor((feat, ), contexts)], dim=1)
+            assert out.shape == (3, 10, 3, 3) and out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, expected)
+
+
 def _mixed_rois(n, gen, num_imgs=2):
     """Big, small, clipped, off-map, zero-size and reversed RoIs on a 40 x 64 map of stride 16."""
     corners = torch.rand(n, 2, 2, generator=gen, dtype=torch.float64) * torch.tensor([1100., 700.]) - 50

@@ -16,7 +16,6 @@ survive the per-image slicing ``[t[i][None] for t in x]`` that mmdet's
 """
 from typing import Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor
 
 from mmdet.models.roi_heads import StandardRoIHead
@@ -24,7 +23,7 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, InstanceList
 
-from .roi_extractors import context_rois
+from .roi_extractors import context_rois, pool_roi_sets
 
 
 @MODELS.register_module()
@@ -112,12 +111,9 @@ class CoupledRoIHead(StandardRoIHead):
                 local_context_bins = self.ps_roi_extractor((maps['local'], ), ctx_rois)
         if head.with_global:
             if head.global_context:
-                # One pooling call for proposals and contexts (RangeMaxRoIPool builds its tables once),
-                # (2n, C, k, k) -> (n, 2C, k, k) in one copy, which is also the one that makes the
-                # CPU pool's channels-last output contiguous for the head's flatten.
-                pooled = self.bbox_roi_extractor((maps['global'], ), torch.cat([rois, ctx_rois]))
-                n, (channels, kh, kw) = rois.size(0), pooled.shape[1:]
-                global_feats = pooled.reshape(2, n, channels, kh, kw).transpose(0, 1).reshape(n, 2 * channels, kh, kw)
+                # (n, 2C, k, k) proposal + context features, channels-last: the order in which the
+                # head's k x k conv reads them, written there by the CPU pooling without a copy.
+                global_feats = pool_roi_sets(self.bbox_roi_extractor, maps['global'], (rois, ctx_rois))
             else:
                 global_feats = self.bbox_roi_extractor((maps['global'], ), rois)
         cls_score, bbox_pred = head(local_bins, global_feats, local_context_bins)

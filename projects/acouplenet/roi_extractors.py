@@ -75,15 +75,28 @@ class RangeMaxRoIPool(RoIPool):
 
     bins_per_chunk = 256
 
-    def forward(self, input: Tensor, rois: Tensor) -> Tensor:
-        """(N, C, H, W) map, (R, 5) ``(batch_index, x1, y1, x2, y2)`` RoIs -> (R, C, kh, kw)."""
+    def forward(self, input: Tensor, rois: Tensor, groups: int = 1) -> Tensor:
+        """Pool (R, 5) ``(batch_index, x1, y1, x2, y2)`` RoIs from an (N, C, H, W) map.
+
+        Args:
+            groups (int): ``rois`` holds this many equal-sized sets of ``n = R / groups``
+                RoIs, one after the other (e.g. the proposals, then their context regions).
+
+        Returns:
+            Tensor: (n, groups * C, kh, kw), RoI ``i`` of every set concatenated along
+            the channels (set 0 first), in channels-last memory: the pooling writes
+            each bin's channel vector in place, so no concatenation copies them again.
+        """
         if input.is_cuda or (torch.is_grad_enabled() and input.requires_grad):
-            return super().forward(input, rois)
+            pooled = super().forward(input, rois)
+            return pooled if groups == 1 else concat_roi_sets(pooled, groups)
         num_imgs, channels, height, width = input.shape
         pooled_h, pooled_w = _pair(self.output_size)
         num_rois = rois.size(0)
+        if num_rois % groups:
+            raise ValueError(f'RangeMaxRoIPool: {num_rois} RoIs do not split into {groups} equal sets')
         if num_rois == 0:
-            return input.new_zeros(0, channels, pooled_h, pooled_w)
+            return input.new_zeros(0, groups * channels, pooled_h, pooled_w)
         rois = rois.to(input.dtype)
         # torchvision computes the bins in the input's floating type.
         corners = _round_half_away(rois[:, 1:] * self.spatial_scale).long()
@@ -106,6 +119,11 @@ class RangeMaxRoIPool(RoIPool):
         x0, x1 = (t[:, None, :].expand(shape).reshape(-1) for t in (w_first, w_last))
         batch = batch_inds[:, None].expand(num_rois, pooled_h * pooled_w).reshape(-1)
         bin_h, bin_w = y1 - y0, x1 - x0
+        # The output row of each bin: bin b of RoI i of set g goes to row (i * kh * kw + b) * groups + g,
+        # so that the (n, kh, kw, groups * C) output holds the sets side by side.
+        bins = torch.arange(y0.numel(), device=input.device)
+        set_bins = y0.numel() // groups
+        out_rows = (bins % set_bins) * groups + torch.div(bins, set_bins, rounding_mode='floor')
         filled = ((bin_h > 0) & (bin_w > 0)).nonzero(as_tuple=True)[0]
         # floor(log2(size)): the largest power-of-two window that fits in the bin.
         level_h = torch.floor(torch.log2(bin_h[filled].double())).long()
@@ -113,7 +131,7 @@ class RangeMaxRoIPool(RoIPool):
         # Windows of 2^a x 2^b cells by doubling, channels last: table[a][b] is (N, H-2^a+1, W-2^b+1, C).
         # In-place copies into a fresh tensor keep autograd (and save a gather); empty bins are 0.
         pooled = input.new_empty(num_rois * pooled_h * pooled_w, channels)
-        pooled.index_fill_(0, ((bin_h <= 0) | (bin_w <= 0)).nonzero(as_tuple=True)[0], 0)
+        pooled.index_fill_(0, out_rows[((bin_h <= 0) | (bin_w <= 0)).nonzero(as_tuple=True)[0]], 0)
         rows = input.permute(0, 2, 3, 1).contiguous()
         chunk = input.new_empty(self.bins_per_chunk, channels)
         for a in range(int(level_h.max()) + 1 if filled.numel() else 0):
@@ -140,10 +158,11 @@ class RangeMaxRoIPool(RoIPool):
                 for start in range(0, idx.numel(), self.bins_per_chunk):
                     end = min(start + self.bins_per_chunk, idx.numel())
                     gathered = flat.index_select(0, windows[:, start:end].reshape(-1)).view(4, -1, channels)
-                    pooled.index_copy_(0, idx[start:end], torch.amax(gathered, 0, out=chunk[:end - start]))
-        # A channels-last view: consumers reshape or concatenate it anyway, so a copy here would be a
-        # second pass over the output (~0.1 s for 600 RoIs x 1024 channels).
-        return pooled.view(num_rois, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
+                    pooled.index_copy_(0, out_rows[idx[start:end]],
+                                       torch.amax(gathered, 0, out=chunk[:end - start]))
+        # A channels-last view: CoupledBBoxHead reads it in this order (its k x k conv weight is
+        # channels-last), so a contiguous copy would be a second pass over the output.
+        return pooled.view(num_rois // groups, pooled_h, pooled_w, groups * channels).permute(0, 3, 1, 2)
 
 
 class _WeightedGather(torch.autograd.Function):
@@ -204,7 +223,8 @@ class GatherRoIAlign(RoIAlign):
         cells, weights = self._bilinear_taps(rois.to(input.dtype), height, width, pooled_h, pooled_w)
         table = input.permute(0, 2, 3, 1).reshape(num_imgs * height * width, channels)
         pooled = _WeightedGather.apply(table, cells, weights)
-        return pooled.view(num_rois, pooled_h, pooled_w, channels).permute(0, 3, 1, 2).contiguous()
+        # Channels-last, as RangeMaxRoIPool's: the layout CoupledBBoxHead reads without a copy.
+        return pooled.view(num_rois, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)
 
     def _bilinear_taps(self, rois: Tensor, height: int, width: int, pooled_h: int,
                        pooled_w: int) -> Tuple[Tensor, Tensor]:
@@ -259,6 +279,21 @@ class GatherRoIAlign(RoIAlign):
         weights = y_weights[:, :, None, :, None, :, None] * x_weights[:, None, :, None, :, None, :]
         num_bins = rois.size(0) * pooled_h * pooled_w
         return cells.reshape(num_bins, -1), weights.reshape(num_bins, -1)
+
+
+def concat_roi_sets(pooled: Tensor, groups: int) -> Tensor:
+    """(groups * n, C, kh, kw) features of ``groups`` RoI sets -> (n, groups * C, kh, kw), channels-last.
+
+    RoI ``i`` of every set concatenated along the channels (set 0 first), the
+    layout :meth:`RangeMaxRoIPool.forward` writes directly: one copy, whatever
+    the input's memory layout.
+    """
+    if pooled.size(0) % groups:
+        raise ValueError(f'concat_roi_sets: {pooled.size(0)} pooled RoIs do not split into {groups} equal sets')
+    channels, kh, kw = pooled.shape[1:]
+    n = pooled.size(0) // groups
+    rows = pooled.reshape(groups, n, channels, kh, kw).permute(1, 3, 4, 0, 2).reshape(n, kh, kw, groups * channels)
+    return rows.permute(0, 3, 1, 2)
 
 
 PS_ROI_LAYERS = {'PSRoIPool': BorderSafePSRoIPool, 'PSRoIAlign': PSRoIAlign}
@@ -430,3 +465,18 @@ def context_rois(rois: Tensor, img_sizes: Tensor, scale: float = 2.0) -> Tensor:
     y1 = torch.minimum(torch.maximum(cy - half_h, zero), height)
     y2 = torch.minimum(torch.maximum(cy + half_h, zero), height)
     return torch.stack([rois[:, 0], x1, y1, x2, y2], dim=1)
+
+
+def pool_roi_sets(extractor: nn.Module, feat: Tensor, roi_sets: Sequence[Tensor]) -> Tensor:
+    """Pool several (n, 5) RoI sets from one (N, C, H, W) map: (n, len(roi_sets) * C, kh, kw), channels-last.
+
+    One pooling call for all sets (:class:`RangeMaxRoIPool` builds its tables
+    once), their features concatenated along the channels as
+    :func:`concat_roi_sets` does; ``extractor`` may be any mmdet RoI extractor.
+    """
+    rois = torch.cat(list(roi_sets))
+    layers = getattr(extractor, 'roi_layers', ())
+    if isinstance(extractor, TorchvisionRoIExtractor) and len(layers) == 1 and isinstance(layers[0],
+                                                                                          RangeMaxRoIPool):
+        return layers[0](feat, rois.type_as(feat), groups=len(roi_sets))
+    return concat_roi_sets(extractor((feat, ), rois), len(roi_sets))
