@@ -177,6 +177,10 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
         blas_model._forward(images, [sample()])
         blas_model.__class__._forward(blas_model, images, [sample()])  # the unwrapped method
     assert seen == [True, True, False, False] and head_module._blas_only is False
+    # acouplenet-copy keeps the default weight layout (the model's is channels-last), so the head copies the
+    # pooled features.
+    assert 'acouplenet-copy' not in bench.parse_args([]).models
+    assert bench.build('acouplenet-copy', 'cpu').roi_head.bbox_head.global_conv.weight.is_contiguous()
 
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
                 '--warmup', '0', '--no-flops', '--profile', '--paired', '3', '--out', str(tmp_path)])

@@ -39,9 +39,12 @@ the top operators by self time on the device (CUDA kernels on a GPU), written to
 (``torch.backends.cuda.matmul.allow_tf32``), a switch PyTorch leaves off and a user sets before inference;
 cuDNN's convolutions use TF32 either way (PyTorch's default). Its files are named ``*_cuda_tf32.*``.
 
-Two variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
-blocks) and ``acouplenet-blas`` (ACoupleNet with its global branch's products in ``F.linear``, PyTorch's BLAS,
-instead of oneDNN on the CPU: ``--models acouplenet acouplenet-blas rfcn --paired N`` times what oneDNN saves).
+Three variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
+blocks), ``acouplenet-blas`` (ACoupleNet with its global branch's products in ``F.linear``, PyTorch's BLAS,
+instead of oneDNN on the CPU: ``--models acouplenet acouplenet-blas rfcn --paired N`` times what oneDNN saves)
+and ``acouplenet-copy`` (its k x k conv weight in the default layout instead of channels-last, so that the
+pooled proposal + context features are copied into the product's order: ``--models acouplenet
+acouplenet-copy --paired N`` times what reading them in place saves).
 """
 import argparse
 import json
@@ -68,6 +71,10 @@ MODELS = {
                           'configs/acouplenet/ablations/acouplenet-att-branch_r101_4xb2-12e_coco.py', 300),
     # ACoupleNet with its global products in F.linear (BLAS) instead of oneDNN on the CPU (blas_linear).
     'acouplenet-blas': ('ACoupleNet R-101, global products in BLAS (F.linear)',
+                        'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 300),
+    # ACoupleNet with its k x k conv weight in the default (not channels-last) layout: the pooled
+    # proposal + context features are then copied into the product's order on every call.
+    'acouplenet-copy': ('ACoupleNet R-101, k x k conv weight not channels-last (features copied)',
                         'configs/acouplenet/acouplenet_r101_8xb2-ms-180k_coco.py', 300),
 }
 DEFAULT_MODELS = ['acouplenet', 'couplenet', 'rfcn', 'faster-rcnn-300', 'faster-rcnn-1000']
@@ -125,6 +132,9 @@ def build(key: str, device: str):
             part['init_cfg'] = None  # random weights: no download
     model = REGISTRY.build(cfg.model)
     model.init_weights()
+    if key == 'acouplenet-copy':
+        weight = model.roi_head.bbox_head.global_conv.weight
+        weight.data = weight.data.contiguous()
     if key == 'acouplenet-blas':
         from projects.acouplenet.coupled_bbox_head import blas_linear
         for name in ('predict', '_forward'):
@@ -345,6 +355,9 @@ def ratios(results: dict) -> list:
     if 'acouplenet-blas' in results:
         lines.append(latency_ratio('ACoupleNet latency / ACoupleNet with BLAS products latency', a,
                                    results['acouplenet-blas']))
+    if 'acouplenet-copy' in results:
+        lines.append(latency_ratio('ACoupleNet latency / ACoupleNet with copied global features latency', a,
+                                   results['acouplenet-copy']))
     return lines
 
 
