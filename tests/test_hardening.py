@@ -310,10 +310,15 @@ def test_ps_roi_pooling_properties(boxes, mode, k, stride):
 @given(boxes=rois(max_rois=8), k=st.integers(1, 7), stride=st.sampled_from([1, 4, 16]),
        height=st.integers(1, 40), width=st.integers(1, 40))
 def test_range_max_roi_pool_equals_torchvision(boxes, k, stride, height, width):
-    """The CPU range-maximum RoI pooling is torchvision's RoIPool, bin for bin, on any RoIs."""
+    """The CPU range-maximum RoI pooling is torchvision's RoIPool, bin for bin, on any RoIs; with the RoIs
+    as two sets (proposals and contexts), the two sets' outputs side by side along the channels."""
     feat = torch.randn(2, 3, height, width)
-    out = RangeMaxRoIPool(k, 1.0 / stride)(feat, boxes)
-    assert torch.equal(out, roi_pool(feat, boxes, k, 1.0 / stride))
+    layer = RangeMaxRoIPool(k, 1.0 / stride)
+    expected = roi_pool(feat, boxes, k, 1.0 / stride)
+    assert torch.equal(layer(feat, boxes), expected)
+    half = len(boxes) // 2
+    pair = layer(feat, boxes[:2 * half], groups=2)
+    assert torch.equal(pair, torch.cat([expected[:half], expected[half:2 * half]], dim=1))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
