@@ -17,6 +17,10 @@
   ``roi_scale_factor`` cannot be used for this: ``SingleRoIExtractor`` ignores
   it when there is a single feature level (the C4 case), and no extractor
   clips the scaled box.
+* :func:`pool_roi_sets`: proposals and context regions pooled in one call,
+  their features side by side along the channels, channels-last: the order in
+  which :class:`CoupledBBoxHead`'s k x k conv (a channels-last weight) reads
+  them, which :class:`RangeMaxRoIPool` writes without a copy.
 """
 from typing import List, Optional, Sequence, Tuple
 
