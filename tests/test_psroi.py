@@ -261,8 +261,9 @@ def test_range_max_roi_pool_writes_roi_sets_side_by_side_in_channels_last_memory
     torch.testing.assert_close(trained.detach(), expected, rtol=0, atol=0)
     with torch.no_grad():
         assert layer(feat, rois[:0], groups=2).shape == (0, 12, 7, 7)
-        with pytest.raises(ValueError, match='31 RoIs do not split into 2 equal sets'):
-            layer(feat, rois[:31], groups=2)
+    for grad in (False, True):  # both paths name the problem
+        with torch.set_grad_enabled(grad), pytest.raises(ValueError, match='31 RoIs do not split into 2 equal sets'):
+            layer(feat.clone().requires_grad_(grad), rois[:31], groups=2)
 
 
 def test_pool_roi_sets_with_mmdet_and_project_extractors():

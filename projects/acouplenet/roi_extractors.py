@@ -91,14 +91,14 @@ class RangeMaxRoIPool(RoIPool):
             the channels (set 0 first), in channels-last memory: the pooling writes
             each bin's channel vector in place, so no concatenation copies them again.
         """
+        num_rois = rois.size(0)
+        if num_rois % groups:
+            raise ValueError(f'RangeMaxRoIPool: {num_rois} RoIs do not split into {groups} equal sets')
         if input.is_cuda or (torch.is_grad_enabled() and input.requires_grad):
             pooled = super().forward(input, rois)
             return pooled if groups == 1 else concat_roi_sets(pooled, groups)
         num_imgs, channels, height, width = input.shape
         pooled_h, pooled_w = _pair(self.output_size)
-        num_rois = rois.size(0)
-        if num_rois % groups:
-            raise ValueError(f'RangeMaxRoIPool: {num_rois} RoIs do not split into {groups} equal sets')
         if num_rois == 0:
             return input.new_zeros(0, groups * channels, pooled_h, pooled_w)
         rois = rois.to(input.dtype)
