@@ -38,6 +38,7 @@ def test_there_are_configs():
     assert len(table1) == 9
     table4 = [n for n in names if re.fullmatch(r'acouplenet/ablations/(rfcn|couplenet-global-only)-[12]extra-.*', n)]
     assert len(table4) == 4
+    assert 'acouplenet/ablations/rfcn-3x-psroi_r101_1xb2-110k_voc0712.py' in names  # Table IV's 3x PSRoI pooling
 
 
 def _resolves(name):

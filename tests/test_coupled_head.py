@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from projects.acouplenet import CoupledBBoxHead, context_rois
+from projects.acouplenet import CoupledBBoxHead, PSRoIExtractor, context_rois
 from projects.acouplenet.coupled_bbox_head import COUPLINGS, NORMALIZATIONS
 
 
@@ -103,6 +103,92 @@ def test_single_branch_heads():
     assert global_only.map_names == ('global', )
 
 
+@pytest.mark.parametrize('normalization,coupling', [('conv', 'sum'), ('l2', 'max'), ('none', 'prod')])
+@pytest.mark.parametrize('with_global', [False, True])
+def test_local_branches_couple_like_branches(normalization, coupling, with_global):
+    """Table IV's "3x PSRoI pooling": three local FCNs, each voting on its own block of pooled channels."""
+    head = _head(local_branches=3, with_global=with_global, normalization=normalization, coupling=coupling)
+    names = ('local', 'local2', 'local3') + (('global', ) if with_global else ())
+    assert head.branch_names == names and head.coupled
+    assert head.local_cls_conv.out_channels == 9 * 5 * 3 and head.local_reg_conv.out_channels == 9 * 4 * 3
+    if normalization == 'conv':
+        for name in names:
+            for kind in ('cls', 'reg'):
+                layer = getattr(head, f'{name}_{kind}_scale')
+                torch.nn.init.normal_(layer.weight, std=0.5)
+                torch.nn.init.normal_(layer.bias, std=0.5)
+    n = 4
+    local_bins = torch.randn(n, 3 * (5 + 4), 3, 3)  # three branches' class bins, then their box bins
+    global_feats = torch.randn(n, 12, 3, 3) if with_global else None
+    votes = local_bins.mean(dim=(2, 3))
+    outputs = [(votes[:, 5 * b:5 * (b + 1)], votes[:, 15 + 4 * b:15 + 4 * (b + 1)]) for b in range(3)]
+    if with_global:
+        outputs.append(_branch_outputs(head, local_bins[:, :9], global_feats)[1])
+
+    def normalise(x, branch, kind):
+        if normalization == 'l2':
+            return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+        if normalization == 'conv':
+            layer = getattr(head, f'{branch}_{kind}_scale')
+            return x @ layer.weight.T + layer.bias
+        return x
+
+    combine = {'sum': torch.add, 'prod': torch.mul, 'max': torch.maximum}[coupling]
+    expected_cls, expected_reg = (normalise(outputs[0][i], 'local', kind) for i, kind in enumerate(('cls', 'reg')))
+    for name, (cls, reg) in zip(names[1:], outputs[1:]):
+        expected_cls = combine(expected_cls, normalise(cls, name, 'cls'))
+        expected_reg = combine(expected_reg, normalise(reg, name, 'reg'))
+    cls_score, bbox_pred = head(local_bins, global_feats)
+    torch.testing.assert_close(cls_score, expected_cls)
+    torch.testing.assert_close(bbox_pred, expected_reg)
+
+
+def test_local_branches_maps_are_independent_convs():
+    """Branch b's PS maps are what a one-branch head with branch b's slice of the weights computes."""
+    head = _head(local_branches=3, with_global=False)
+    feat = torch.randn(2, 8, 5, 6)
+    maps = head.forward_maps(feat)['local']
+    assert maps.shape == (2, 9 * 3 * (5 + 4), 5, 6)
+    single = _head(with_global=False)
+    for b in range(3):
+        cls_rows, reg_rows = slice(45 * b, 45 * (b + 1)), slice(36 * b, 36 * (b + 1))
+        single.reduce_conv.load_state_dict(head.reduce_conv.state_dict())
+        single.local_cls_conv.weight.data = head.local_cls_conv.weight[cls_rows].clone()
+        single.local_cls_conv.bias.data = head.local_cls_conv.bias[cls_rows].clone()
+        single.local_reg_conv.weight.data = head.local_reg_conv.weight[reg_rows].clone()
+        single.local_reg_conv.bias.data = head.local_reg_conv.bias[reg_rows].clone()
+        expected = single.forward_maps(feat)['local']
+        torch.testing.assert_close(maps[:, cls_rows], expected[:, :45])
+        torch.testing.assert_close(maps[:, 135 + 36 * b:135 + 36 * (b + 1)], expected[:, 45:])
+
+
+def test_every_local_branch_learns():
+    """Through the maps, PS pooling and the coupled loss, each branch's conv weights and scales get gradients."""
+    head = _head(local_branches=3, with_global=False)
+    feat = torch.randn(1, 8, 12, 12)
+    rois = torch.tensor([[0., 4., 4., 40., 36.], [0., 20., 8., 44., 44.]])
+    bins = PSRoIExtractor(roi_layer=dict(type='PSRoIAlign', output_size=3, sampling_ratio=2),
+                          featmap_strides=[4])((head.forward_maps(feat)['local'], ), rois)
+    cls_score, bbox_pred = head(bins, None)
+    (F.cross_entropy(cls_score, torch.tensor([1, 4])) + bbox_pred.abs().sum()).backward()
+    for b in range(3):
+        assert head.local_cls_conv.weight.grad[45 * b:45 * (b + 1)].abs().sum() > 0, b
+        assert head.local_reg_conv.weight.grad[36 * b:36 * (b + 1)].abs().sum() > 0, b
+    for name in head.branch_names:
+        assert getattr(head, f'{name}_cls_scale').weight.grad.abs().sum() > 0, name
+        assert getattr(head, f'{name}_reg_scale').weight.grad.abs().sum() > 0, name
+
+
+def test_one_local_branch_keeps_the_state_dict_names():
+    """local_branches=1 is the plain head: the checkpoints of the paper configs load unchanged."""
+    names = set(_head().state_dict())
+    assert {'local_cls_scale.weight', 'global_cls_scale.weight', 'local_cls_conv.weight'} <= names
+    assert not any(name.startswith('local2') for name in names)
+    three = set(_head(local_branches=3).state_dict())
+    assert three - names == {f'local{b}_{kind}_scale.{p}' for b in (2, 3) for kind in ('cls', 'reg')
+                             for p in ('weight', 'bias')}
+
+
 def test_local_context_adds_context_votes():
     head = _head(context_branch='local', normalization='none')
     assert head.global_conv.in_channels == 6  # context is not on the global branch
@@ -129,6 +215,9 @@ def test_class_specific_regression():
     (dict(with_context='yes'), 'with_context'),
     (dict(extra_blocks=-1), "extra_blocks=-1 must be an int >= 0 (the paper's Table IV uses 1 or 2)"),
     (dict(extra_blocks=True), 'extra_blocks=True must be an int >= 0'),
+    (dict(local_branches=0), "local_branches=0 must be an int >= 1 (the paper's Table IV couples 3)"),
+    (dict(local_branches=2.0), 'local_branches=2.0 must be an int >= 1'),
+    (dict(local_branches=3, with_local=False), 'local_branches=3 needs with_local=True'),
 ])
 def test_bad_switches_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match.replace('(', r'\(').replace(')', r'\)')):

@@ -12,14 +12,17 @@ followed by residual bottleneck blocks (the paper's Table IV). From it:
 
 The two branches' scores are normalised ('none', 'l2' or a learned 1x1 conv
 per branch) and coupled ('sum', 'prod' or 'max'); box deltas alike.
+``local_branches=3`` without the global FCN is the paper's Table IV baseline
+"3x PSRoI pooling": three local FCNs coupled the same way.
 
 Everything after the scores, targets, losses and post-processing (softmax,
 box decoding, NMS), is mmdet's :class:`BBoxHead`.
 """
 import difflib
+import functools
 import inspect
 from contextlib import contextmanager
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +164,11 @@ class CoupledBBoxHead(BBoxHead):
         num_classes (int): Foreground classes ``C``.
         with_local (bool): Use the local FCN. ``with_global=False`` with it
             is R-FCN.
+        local_branches (int): Independent local FCNs (1). Each has its own
+            class and box maps, pooled in one PS pooling call, and counts as a
+            branch of the coupling; the paper's Table IV couples three,
+            without the global FCN ("3x PSRoI pooling"), to show that
+            CoupleNet's gain is not its parameter count.
         with_global (bool): Use the global FCN.
         with_context (bool): Pool the context region too.
         context_branch (str): Branch that gets the context: 'global' (the
@@ -188,6 +196,7 @@ class CoupledBBoxHead(BBoxHead):
                  group_size: int = 7,
                  num_classes: int = 80,
                  with_local: bool = True,
+                 local_branches: int = 1,
                  with_global: bool = True,
                  with_context: bool = True,
                  context_branch: str = 'global',
@@ -210,6 +219,11 @@ class CoupledBBoxHead(BBoxHead):
                              'enable at least one branch')
         if not (isinstance(group_size, int) and group_size >= 1):
             raise ValueError(f'CoupledBBoxHead: group_size={group_size!r} must be a positive int (7 in the paper)')
+        if not (isinstance(local_branches, int) and not isinstance(local_branches, bool) and local_branches >= 1):
+            raise ValueError(f'CoupledBBoxHead: local_branches={local_branches!r} must be an int >= 1 (the paper\'s '
+                             f'Table IV couples 3)')
+        if local_branches > 1 and not with_local:
+            raise ValueError(f'CoupledBBoxHead: local_branches={local_branches} needs with_local=True')
         if not (isinstance(extra_blocks, int) and not isinstance(extra_blocks, bool) and extra_blocks >= 0):
             raise ValueError(f'CoupledBBoxHead: extra_blocks={extra_blocks!r} must be an int >= 0 (the paper\'s '
                              f'Table IV uses 1 or 2)')
@@ -229,6 +243,7 @@ class CoupledBBoxHead(BBoxHead):
         self.global_channels = global_channels
         self.group_size = group_size
         self.with_local = with_local
+        self.local_branches = local_branches
         self.with_global = with_global
         self.with_context = with_context
         self.context_branch = context_branch
@@ -248,8 +263,11 @@ class CoupledBBoxHead(BBoxHead):
         else:
             self.extra_blocks = None
         if with_local:
-            self.local_cls_conv = nn.Conv2d(mid_channels, k2 * self.cls_dim, 1)
-            self.local_reg_conv = nn.Conv2d(mid_channels, k2 * self.reg_dim, 1)
+            # One conv for all local branches: output channel c of a PS map belongs to the pooled
+            # channel c // k^2, so branch b's class maps are the block of pooled channels
+            # [b*(C+1), (b+1)*(C+1)), independent weights as if each branch had its own conv.
+            self.local_cls_conv = nn.Conv2d(mid_channels, k2 * self.cls_dim * local_branches, 1)
+            self.local_reg_conv = nn.Conv2d(mid_channels, k2 * self.reg_dim * local_branches, 1)
             init += [dict(type='Normal', std=0.01, bias=0, override=dict(name='local_cls_conv')),
                      dict(type='Normal', std=0.01, bias=0, override=dict(name='local_reg_conv'))]
         if with_global:
@@ -268,10 +286,9 @@ class CoupledBBoxHead(BBoxHead):
             del self.fc_cls, self.fc_reg
         if self.coupled and normalization == 'conv':
             # A 1x1 conv on a (n, D, 1, 1) score map is a D -> D linear map.
-            self.local_cls_scale = self._identity_linear(self.cls_dim)
-            self.global_cls_scale = self._identity_linear(self.cls_dim)
-            self.local_reg_scale = self._identity_linear(self.reg_dim)
-            self.global_reg_scale = self._identity_linear(self.reg_dim)
+            for branch in self.branch_names:
+                setattr(self, f'{branch}_cls_scale', self._identity_linear(self.cls_dim))
+                setattr(self, f'{branch}_reg_scale', self._identity_linear(self.reg_dim))
         if init_cfg is None:
             self.init_cfg = init
 
@@ -283,9 +300,15 @@ class CoupledBBoxHead(BBoxHead):
         return layer
 
     @property
+    def branch_names(self) -> Tuple[str, ...]:
+        """The coupled branches in order: 'local', 'local2', ..., then 'global'."""
+        local = ('local', ) + tuple(f'local{b + 1}' for b in range(1, self.local_branches)) if self.with_local else ()
+        return local + (('global', ) if self.with_global else ())
+
+    @property
     def coupled(self) -> bool:
-        """Both branches present, so normalisation and coupling apply."""
-        return self.with_local and self.with_global
+        """More than one branch, so normalisation and coupling apply."""
+        return len(self.branch_names) > 1
 
     @property
     def global_context(self) -> bool:
@@ -307,8 +330,9 @@ class CoupledBBoxHead(BBoxHead):
             x (Tensor): conv5 features, (N, in_channels, H, W).
 
         Returns:
-            dict: ``'local'``: (N, k*k*(C+1+R), H, W), the ``k*k*(C+1)`` class
-            maps followed by the ``k*k*R`` box maps, in the layout of
+            dict: ``'local'``: (N, k*k*B*(C+1+R), H, W) for B =
+            ``local_branches``, the ``k*k*B*(C+1)`` class maps (branch by
+            branch) followed by the ``k*k*B*R`` box maps, in the layout of
             :class:`PSRoIExtractor`; ``'global'``: (N, mid_channels, H, W).
         """
         if x.size(1) != self.feat_channels:
@@ -329,25 +353,30 @@ class CoupledBBoxHead(BBoxHead):
         """Scores and box deltas of n RoIs.
 
         Args:
-            local_bins (Tensor, optional): PS-pooled local maps, (n, C+1+R, k, k).
+            local_bins (Tensor, optional): PS-pooled local maps,
+                (n, B*(C+1+R), k, k) for B = ``local_branches``.
             global_feats (Tensor, optional): RoI-pooled global features,
                 (n, mid_channels * (2 with context else 1), k, k).
             local_context_bins (Tensor, optional): PS-pooled local maps of the
-                context regions, (n, C+1+R, k, k), for ``context_branch='local'``.
+                context regions, (n, B*(C+1+R), k, k), for
+                ``context_branch='local'``.
 
         Returns:
             tuple: ``cls_score`` (n, C+1) and ``bbox_pred`` (n, R).
         """
-        local_cls = local_reg = global_cls = global_reg = None
+        branch_cls, branch_reg = [], []  # (n, C+1) and (n, R) of each branch, in branch_names order
         if self.with_local:
             if local_bins is None:
                 raise ValueError('CoupledBBoxHead: the local branch needs local_bins')
+            num_cls = self.cls_dim * self.local_branches
             votes = local_bins.mean(dim=(2, 3))  # average voting over the k x k bins
-            local_cls, local_reg = votes.split([self.cls_dim, self.reg_dim], dim=1)
+            local_cls, local_reg = votes.split([num_cls, self.reg_dim * self.local_branches], dim=1)
             if self.local_context:
                 if local_context_bins is None:
                     raise ValueError('CoupledBBoxHead: context_branch="local" needs local_context_bins')
-                local_cls = local_cls + local_context_bins.mean(dim=(2, 3))[:, :self.cls_dim]
+                local_cls = local_cls + local_context_bins.mean(dim=(2, 3))[:, :num_cls]
+            branch_cls += local_cls.split(self.cls_dim, dim=1)
+            branch_reg += local_reg.split(self.reg_dim, dim=1)
         if self.with_global:
             if global_feats is None:
                 raise ValueError('CoupledBBoxHead: the global branch needs global_feats')
@@ -363,15 +392,16 @@ class CoupledBBoxHead(BBoxHead):
             # which also takes a 500 MB workspace; a split-K form saved 0.3 ms at inference but slowed training).
             g = linear_relu(*kxk_operands(global_feats, self.global_conv.weight), self.global_conv.bias)
             g = linear_relu(g, self.global_fc.weight.flatten(1), self.global_fc.bias)
-            global_cls, global_reg = self.fc_cls(g), self.fc_reg(g)
+            branch_cls.append(self.fc_cls(g))
+            branch_reg.append(self.fc_reg(g))
         if not self.coupled:
-            return (local_cls, local_reg) if self.with_local else (global_cls, global_reg)
-        return (self._couple(local_cls, global_cls, 'cls'), self._couple(local_reg, global_reg, 'reg'))
+            return branch_cls[0], branch_reg[0]
+        return self._couple(branch_cls, 'cls'), self._couple(branch_reg, 'reg')
 
-    def _couple(self, local: Tensor, global_: Tensor, kind: str) -> Tensor:
+    def _couple(self, branches: List[Tensor], kind: str) -> Tensor:
+        """Normalise each branch's (n, D) output and fold them with the coupling (associative)."""
         if self.normalization == 'l2':
-            local, global_ = F.normalize(local, dim=1), F.normalize(global_, dim=1)
+            branches = [F.normalize(out, dim=1) for out in branches]
         elif self.normalization == 'conv':
-            local = getattr(self, f'local_{kind}_scale')(local)
-            global_ = getattr(self, f'global_{kind}_scale')(global_)
-        return couple(local, global_, self.coupling)
+            branches = [getattr(self, f'{name}_{kind}_scale')(out) for name, out in zip(self.branch_names, branches)]
+        return functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
