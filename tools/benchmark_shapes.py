@@ -39,6 +39,9 @@ MODELS = {
     # blocks' residual branches, and the shortcuts pass the ungated features on.
     'acouplenet-branch': ('ACoupleNet, gates on the last residual branches', ACOUPLENET,
                           {'model.backbone.attention_gate': 'branch'}),
+    # The paper's Table IV: "3x PSRoI pooling", three local FCNs coupled as CoupleNet couples its two branches.
+    'rfcn-3x': ('R-FCN, three local FCNs coupled', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py',
+                {'model.roi_head.bbox_head.local_branches': 3}),
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
     **{f'acouplenet-s{stride}': (f'ACoupleNet, attention at stride {stride} only', ACOUPLENET,
                                  {'model.backbone.attention_stages': [stage]})
