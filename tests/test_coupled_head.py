@@ -50,31 +50,49 @@ def _branch_outputs(head, local_bins, global_feats):
     return (local_cls, local_reg), global_out
 
 
-@pytest.mark.parametrize('normalization,coupling', list(itertools.product(NORMALIZATIONS, COUPLINGS)))
-def test_coupling_matches_formula(normalization, coupling):
-    head = _head(normalization=normalization, coupling=coupling)
-    if normalization == 'conv':  # move the scales away from the identity so the test sees them
-        for name in ('local_cls_scale', 'global_cls_scale', 'local_reg_scale', 'global_reg_scale'):
-            layer = getattr(head, name)
+def _move_scales_off_identity(head):
+    """With 'conv' normalisation, random scales, so that a test sees which branch got which."""
+    for name in head.branch_names:
+        for kind in ('cls', 'reg'):
+            layer = getattr(head, f'{name}_{kind}_scale')
             torch.nn.init.normal_(layer.weight, std=0.5)
             torch.nn.init.normal_(layer.bias, std=0.5)
-    n = 6
-    local_bins = torch.randn(n, head.cls_dim + head.reg_dim, 3, 3)
-    global_feats = torch.randn(n, 2 * 6, 3, 3)  # proposal + context, 6 channels each
-    cls_score, bbox_pred = head(local_bins, global_feats)
-    (lc, lr), (gc, gr) = _branch_outputs(head, local_bins, global_feats)
+
+
+def _coupled_by_hand(head, branch_outputs):
+    """(cls, reg) of the coupling of ``branch_outputs``, one (cls, reg) per ``head.branch_names``, by hand."""
 
     def normalise(x, branch, kind):
-        if normalization == 'l2':
+        if head.normalization == 'l2':
             return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        if normalization == 'conv':
+        if head.normalization == 'conv':
             layer = getattr(head, f'{branch}_{kind}_scale')
             return x @ layer.weight.T + layer.bias
         return x
 
-    combine = {'sum': torch.add, 'prod': torch.mul, 'max': torch.maximum}[coupling]
-    torch.testing.assert_close(cls_score, combine(normalise(lc, 'local', 'cls'), normalise(gc, 'global', 'cls')))
-    torch.testing.assert_close(bbox_pred, combine(normalise(lr, 'local', 'reg'), normalise(gr, 'global', 'reg')))
+    combine = {'sum': torch.add, 'prod': torch.mul, 'max': torch.maximum}[head.coupling]
+    expected = []
+    for i, kind in enumerate(('cls', 'reg')):
+        outs = [normalise(out[i], name, kind) for name, out in zip(head.branch_names, branch_outputs)]
+        total = outs[0]
+        for out in outs[1:]:
+            total = combine(total, out)
+        expected.append(total)
+    return expected
+
+
+@pytest.mark.parametrize('normalization,coupling', list(itertools.product(NORMALIZATIONS, COUPLINGS)))
+def test_coupling_matches_formula(normalization, coupling):
+    head = _head(normalization=normalization, coupling=coupling)
+    if normalization == 'conv':
+        _move_scales_off_identity(head)
+    n = 6
+    local_bins = torch.randn(n, head.cls_dim + head.reg_dim, 3, 3)
+    global_feats = torch.randn(n, 2 * 6, 3, 3)  # proposal + context, 6 channels each
+    cls_score, bbox_pred = head(local_bins, global_feats)
+    expected_cls, expected_reg = _coupled_by_hand(head, _branch_outputs(head, local_bins, global_feats))
+    torch.testing.assert_close(cls_score, expected_cls)
+    torch.testing.assert_close(bbox_pred, expected_reg)
     assert cls_score.shape == (n, 5) and bbox_pred.shape == (n, 4)
 
 
@@ -112,11 +130,7 @@ def test_local_branches_couple_like_branches(normalization, coupling, with_globa
     assert head.branch_names == names and head.coupled
     assert head.local_cls_conv.out_channels == 9 * 5 * 3 and head.local_reg_conv.out_channels == 9 * 4 * 3
     if normalization == 'conv':
-        for name in names:
-            for kind in ('cls', 'reg'):
-                layer = getattr(head, f'{name}_{kind}_scale')
-                torch.nn.init.normal_(layer.weight, std=0.5)
-                torch.nn.init.normal_(layer.bias, std=0.5)
+        _move_scales_off_identity(head)
     n = 4
     local_bins = torch.randn(n, 3 * (5 + 4), 3, 3)  # three branches' class bins, then their box bins
     global_feats = torch.randn(n, 12, 3, 3) if with_global else None
@@ -124,20 +138,7 @@ def test_local_branches_couple_like_branches(normalization, coupling, with_globa
     outputs = [(votes[:, 5 * b:5 * (b + 1)], votes[:, 15 + 4 * b:15 + 4 * (b + 1)]) for b in range(3)]
     if with_global:
         outputs.append(_branch_outputs(head, local_bins[:, :9], global_feats)[1])
-
-    def normalise(x, branch, kind):
-        if normalization == 'l2':
-            return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        if normalization == 'conv':
-            layer = getattr(head, f'{branch}_{kind}_scale')
-            return x @ layer.weight.T + layer.bias
-        return x
-
-    combine = {'sum': torch.add, 'prod': torch.mul, 'max': torch.maximum}[coupling]
-    expected_cls, expected_reg = (normalise(outputs[0][i], 'local', kind) for i, kind in enumerate(('cls', 'reg')))
-    for name, (cls, reg) in zip(names[1:], outputs[1:]):
-        expected_cls = combine(expected_cls, normalise(cls, name, 'cls'))
-        expected_reg = combine(expected_reg, normalise(reg, name, 'reg'))
+    expected_cls, expected_reg = _coupled_by_hand(head, outputs)
     cls_score, bbox_pred = head(local_bins, global_feats)
     torch.testing.assert_close(cls_score, expected_cls)
     torch.testing.assert_close(bbox_pred, expected_reg)
