@@ -201,6 +201,15 @@ def test_local_context_adds_context_votes():
     torch.testing.assert_close(bbox_pred, lr + gr)
 
 
+def test_local_context_reaches_every_local_branch():
+    head = _head(local_branches=2, with_global=False, context_branch='local', normalization='none')
+    local_bins, context_bins = torch.randn(3, 18, 3, 3), torch.randn(3, 18, 3, 3)  # 2 x 5 class, 2 x 4 box
+    votes, context_votes = local_bins.mean(dim=(2, 3)), context_bins.mean(dim=(2, 3))
+    cls_score, bbox_pred = head(local_bins, None, context_bins)
+    torch.testing.assert_close(cls_score, votes[:, :5] + context_votes[:, :5] + votes[:, 5:10] + context_votes[:, 5:10])
+    torch.testing.assert_close(bbox_pred, votes[:, 10:14] + votes[:, 14:18])  # boxes take no context
+
+
 def test_class_specific_regression():
     head = _head(reg_class_agnostic=False, normalization='none')
     assert head.reg_dim == 16 and head.local_reg_conv.out_channels == 9 * 16
