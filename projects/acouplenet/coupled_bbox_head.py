@@ -285,10 +285,11 @@ class CoupledBBoxHead(BBoxHead):
         else:
             del self.fc_cls, self.fc_reg
         if self.coupled and normalization == 'conv':
-            # A 1x1 conv on a (n, D, 1, 1) score map is a D -> D linear map.
-            for branch in self.branch_names:
-                setattr(self, f'{branch}_cls_scale', self._identity_linear(self.cls_dim))
-                setattr(self, f'{branch}_reg_scale', self._identity_linear(self.reg_dim))
+            # A 1x1 conv on a (n, D, 1, 1) score map is a D -> D linear map. Registered all class scales
+            # first, the order of the two-branch head's, which the gradient norm's sum follows.
+            for kind, dim in (('cls', self.cls_dim), ('reg', self.reg_dim)):
+                for branch in self.branch_names:
+                    setattr(self, f'{branch}_{kind}_scale', self._identity_linear(dim))
         if init_cfg is None:
             self.init_cfg = init
 
