@@ -215,6 +215,28 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
         bench.main(['--device', 'cpu', '--tf32', '--out', str(tmp_path)])
 
 
+def test_speed_benchmark_paired_timing_alone(tmp_path):
+    """--rounds 0: no per-model processes, the paired network times and their ratios only (short GPU leases)."""
+    bench = load_tool('benchmark_speed')
+    with pytest.raises(SystemExit, match=r'--rounds 0 times no model in its own process.*add --paired N'):
+        bench.main(['--device', 'cpu', '--rounds', '0', '--out', str(tmp_path)])
+    with pytest.raises(SystemExit, match=r'--profile profiles one _forward.*drop --profile or pass --rounds 1'):
+        bench.main(['--device', 'cpu', '--rounds', '0', '--paired', '2', '--profile', '--out', str(tmp_path)])
+    bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'rfcn', '--rounds', '0',
+                '--warmup', '0', '--paired', '3', '--out', str(tmp_path)])
+    results = json.loads((tmp_path / 'benchmark_cpu.json').read_text())
+    assert set(results) == {'acouplenet', 'rfcn'}
+    assert all(set(r) == {'paired_network_s'} and len(r['paired_network_s']) == 3 for r in results.values())
+    text = (tmp_path / 'benchmark_cpu.md').read_text()
+    assert 'network only, median (the higher middle one of an even count) of 3 runs' in text
+    assert '| Model (cpu) | paired network (s) |' in text and 'latency (s)' not in text
+    assert f'| R-FCN R-101 (local branch) | {statistics.median_high(results["rfcn"]["paired_network_s"]):.4f} |' in text
+    a, r = results['acouplenet']['paired_network_s'], results['rfcn']['paired_network_s']
+    low, median, high = bench.paired_ratios(a, r)
+    assert (f'ACoupleNet latency / R-FCN R-101 (local branch) latency: paired network (one process, alternating, 3 '
+            f'rounds): median {median:.2f}x, quartiles {low:.2f}x-{high:.2f}x (target <= 1.3x)') in text
+
+
 def _mirrored(bboxes, width):
     """(n, 4) boxes of an image -> the same boxes in its horizontal mirror image."""
     return np.stack([width - bboxes[:, 2], bboxes[:, 1], width - bboxes[:, 0], bboxes[:, 3]], axis=1)

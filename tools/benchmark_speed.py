@@ -26,7 +26,9 @@ latency ratio to R-FCN of each round, so that the drift is visible next to the r
 ``--paired N`` measures the ratios against that drift: one more process builds every model and times
 their networks alternately, model after model (the order rotating), N times, so that each ratio is taken
 between runs seconds apart; the ratio lines then add the median of those N paired ratios and their
-quartiles. (Peak memory stays the per-model processes'.)
+quartiles. (Peak memory stays the per-model processes'.) ``--rounds 0 --paired N`` runs the paired
+timing alone: a table of paired network times and their ratios, without the per-model processes, which
+take most of a run's time (for a GPU lent for minutes).
 
 Every median time here is ``statistics.median_high``: of an even count of runs, the higher of the two
 middle ones, a time some run took rather than the mean of two. The paired ratios are summarised by their
@@ -87,7 +89,9 @@ def parse_args(argv=None):
     parser.add_argument('--shape', type=count_arg(), nargs=2, default=(600, 1000), metavar=('HEIGHT', 'WIDTH'))
     parser.add_argument('--warmup', type=count_arg(0), default=2)
     parser.add_argument('--runs', type=count_arg(), default=5, help='timed runs per model and round')
-    parser.add_argument('--rounds', type=count_arg(), default=1, help='times every model in turn this many times')
+    parser.add_argument('--rounds', type=count_arg(0), default=1,
+                        help='times every model in turn this many times, each in its own process (0: only the '
+                             'paired timing, with --paired N)')
     parser.add_argument('--threads', type=count_arg(), default=None, help='torch CPU threads (default: torch\'s)')
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS,
                         help=f'default: {" ".join(DEFAULT_MODELS)}')
@@ -272,6 +276,10 @@ def profile(model, images, sample, device: str, rows: int = 25) -> str:
 def table(rows, device) -> str:
     """The markdown table; with ``--paired``, a column of each model's median paired network time."""
     paired = all('paired_network_s' in r for _, r in rows)
+    if not all('latency_s' in r for _, r in rows):  # --rounds 0: the paired timing alone
+        lines = [f'| Model ({device}) | paired network (s) |', '|---|---|']
+        lines += [f'| {MODELS[key][0]} | {statistics.median_high(r["paired_network_s"]):.4f} |' for key, r in rows]
+        return '\n'.join(lines)
     lines = [f'| Model ({device}) | latency (s) | images/s | network (s) | backbone (s) | '
              + ('paired network (s) | ' if paired else '') + 'peak memory (MB) | GFLOPs | params (M) |',
              '|---|---|---|---|---|' + ('---|' if paired else '') + '---|---|---|']
@@ -324,12 +332,24 @@ def ratios(results: dict) -> list:
         per_round = [x / y for x, y in zip(a[key], results[other][key])]
         return f' (by round: {", ".join(f"{r:.2f}x" for r in per_round)})' if len(per_round) > 1 else ''
 
+    def paired_summary(numerator: dict, denominator: dict) -> str:
+        low, median, high = paired_ratios(numerator['paired_network_s'], denominator['paired_network_s'])
+        return (f'paired network (one process, alternating, {len(numerator["paired_network_s"])} rounds): '
+                f'median {median:.2f}x, quartiles {low:.2f}x-{high:.2f}x')
+
     def paired(numerator: dict, denominator: dict) -> str:
         if 'paired_network_s' not in numerator or 'paired_network_s' not in denominator:
             return ''
-        low, median, high = paired_ratios(numerator['paired_network_s'], denominator['paired_network_s'])
-        return (f'; paired network (one process, alternating, {len(numerator["paired_network_s"])} rounds): '
-                f'median {median:.2f}x, quartiles {low:.2f}x-{high:.2f}x')
+        return '; ' + paired_summary(numerator, denominator)
+
+    if 'latency_s' not in a:  # --rounds 0: the paired ratios alone
+        for key, r in results.items():
+            if key.startswith('faster-rcnn'):
+                lines.append(f'ACoupleNet throughput / {MODELS[key][0]}: {paired_summary(r, a)} (target >= 2.5x)')
+            elif key != 'acouplenet':
+                lines.append(f'ACoupleNet latency / {MODELS[key][0]} latency: {paired_summary(a, r)}'
+                             + (' (target <= 1.3x)' if key == 'rfcn' else ''))
+        return lines
 
     for key in ('faster-rcnn-300', 'faster-rcnn-1000'):
         if key in results:
@@ -384,6 +404,12 @@ def main(argv=None):
     if args.paired_worker:
         print('RESULT ' + json.dumps(paired_worker(args)), flush=True)
         return
+    if args.rounds == 0 and not args.paired:
+        raise SystemExit('error: --rounds 0 times no model in its own process, so it needs the paired timing; '
+                         'add --paired N (e.g. --paired 20) or pass --rounds 1')
+    if args.rounds == 0 and args.profile:
+        raise SystemExit('error: --profile profiles one _forward in each model\'s own process, which --rounds 0 '
+                         'skips; drop --profile or pass --rounds 1')
     if args.tf32 and not args.device.startswith('cuda'):
         raise SystemExit(f'error: --tf32 is a CUDA precision setting and does nothing on --device {args.device}; '
                          'drop --tf32 or run with --device cuda')
@@ -398,7 +424,7 @@ def main(argv=None):
                 extra.append('--profile')
             print(f'[benchmark_speed] round {round_index + 1}/{args.rounds}: {MODELS[key][0]} ...', flush=True)
             rounds[key].append(run_worker(args, extra, key))
-    results = {key: summarize(r) for key, r in rounds.items()}
+    results = {key: summarize(r) for key, r in rounds.items()} if args.rounds else {key: {} for key in args.models}
     if args.paired:
         print(f'[benchmark_speed] paired: {args.paired} rounds of {len(args.models)} models in one process ...',
               flush=True)
@@ -418,6 +444,9 @@ def main(argv=None):
     threads = torch.get_num_threads() if args.threads is None else args.threads
     runs = (f'median (the higher middle one of an even count) of {args.runs} runs'
             + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else ''))
+    if not args.rounds:
+        runs = (f'network only, median (the higher middle one of an even count) of {args.paired} runs, all models '
+                f'in one process in turn')
     rcnn = paper_rcnn_test_cfg()
     header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes, R-CNN score threshold '
               f'{rcnn.score_thr} and NMS {rcnn.nms.iou_threshold} for all; {runs} after {args.warmup} warm-up; {device}'
