@@ -183,8 +183,9 @@ def test_main_job_refuses_bad_counts_and_seeds_and_a_dataset_with_an_empty_split
                ('attention_stats', ['config.py', 'ckpt.pth'], '--max-images', 1),
                ('benchmark_roi_layers', [], '--runs', 1), ('benchmark_roi_layers', [], '--threads', 1),
                ('model_zoo', ['download', 'name'], '--retries', 1)]
-    counts += [('benchmark_speed', [], flag, 1) for flag in ('--shape', '--runs', '--rounds', '--threads')]
-    counts += [('benchmark_speed', [], flag, 0) for flag in ('--warmup', '--paired')]
+    counts += [('benchmark_speed', [], flag, 1) for flag in ('--shape', '--runs', '--threads')]
+    # benchmark_speed --rounds 0 is the paired timing alone.
+    counts += [('benchmark_speed', [], flag, 0) for flag in ('--warmup', '--paired', '--rounds')]
     for tool, argv, flag, least in counts:
         values = [str(least - 1)] * (2 if flag == '--shape' else 1)
         with pytest.raises(SystemExit):
