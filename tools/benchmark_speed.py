@@ -342,42 +342,43 @@ def ratios(results: dict) -> list:
             return ''
         return '; ' + paired_summary(numerator, denominator)
 
-    if 'latency_s' not in a:  # --rounds 0: the paired ratios alone
-        for key, r in results.items():
-            if key.startswith('faster-rcnn'):
-                lines.append(f'ACoupleNet throughput / {MODELS[key][0]}: {paired_summary(r, a)} (target >= 2.5x)')
-            elif key != 'acouplenet':
-                lines.append(f'ACoupleNet latency / {MODELS[key][0]} latency: {paired_summary(a, r)}'
-                             + (' (target <= 1.3x)' if key == 'rfcn' else ''))
-        return lines
+    def line(label: str, numerator: dict, denominator: dict, per_process, target: str = '') -> str:
+        """``label: <per-process ratios>; <paired ratio><target>``; with ``--rounds 0`` the paired ratio alone."""
+        if 'latency_s' not in a:
+            return f'{label}: {paired_summary(numerator, denominator)}{target}'
+        return f'{label}: {per_process(numerator, denominator)}{paired(numerator, denominator)}{target}'
+
+    def latency(numerator: dict, denominator: dict) -> str:
+        return (f'{numerator["latency_s"] / denominator["latency_s"]:.2f}x end to end, '
+                f'{numerator["network_latency_s"] / denominator["network_latency_s"]:.2f}x network')
+
+    def throughput(faster_rcnn: dict, acouplenet: dict) -> str:
+        return (f'{acouplenet["images_per_s"] / faster_rcnn["images_per_s"]:.2f}x end to end, '
+                f'{faster_rcnn["network_latency_s"] / acouplenet["network_latency_s"]:.2f}x network')
+
+    def latency_by_round(numerator: dict, rfcn: dict) -> str:
+        return (f'{numerator["latency_s"] / rfcn["latency_s"]:.2f}x end to end{by_round("round_latency_s", "rfcn")}, '
+                f'{numerator["network_latency_s"] / rfcn["network_latency_s"]:.2f}x network'
+                f'{by_round("round_network_latency_s", "rfcn")}')
 
     for key in ('faster-rcnn-300', 'faster-rcnn-1000'):
         if key in results:
-            b = results[key]
-            lines.append(f'ACoupleNet throughput / {MODELS[key][0]}: {a["images_per_s"] / b["images_per_s"]:.2f}x end '
-                         f'to end, {b["network_latency_s"] / a["network_latency_s"]:.2f}x network{paired(b, a)} '
-                         f'(target >= 2.5x)')
+            lines.append(line(f'ACoupleNet throughput / {MODELS[key][0]}', results[key], a, throughput,
+                              ' (target >= 2.5x)'))
     if 'rfcn' in results:
-        r = results['rfcn']
-        lines.append(f'ACoupleNet latency / R-FCN latency: {a["latency_s"] / r["latency_s"]:.2f}x end to end'
-                     f'{by_round("round_latency_s", "rfcn")}, {a["network_latency_s"] / r["network_latency_s"]:.2f}x '
-                     f'network{by_round("round_network_latency_s", "rfcn")}{paired(a, r)} (target <= 1.3x)')
-    def latency_ratio(label: str, numerator: dict, denominator: dict) -> str:
-        return (f'{label}: {numerator["latency_s"] / denominator["latency_s"]:.2f}x end to end, '
-                f'{numerator["network_latency_s"] / denominator["network_latency_s"]:.2f}x network'
-                f'{paired(numerator, denominator)}')
-
+        lines.append(line('ACoupleNet latency / R-FCN latency', a, results['rfcn'], latency_by_round,
+                          ' (target <= 1.3x)'))
     if 'couplenet' in results:
-        lines.append(latency_ratio('ACoupleNet latency / CoupleNet latency', a, results['couplenet']))
+        lines.append(line('ACoupleNet latency / CoupleNet latency', a, results['couplenet'], latency))
     if 'acouplenet-branch' in results:
-        lines.append(latency_ratio('ACoupleNet with branch gates latency / ACoupleNet latency',
-                                   results['acouplenet-branch'], a))
+        lines.append(line('ACoupleNet with branch gates latency / ACoupleNet latency', results['acouplenet-branch'],
+                          a, latency))
     if 'acouplenet-blas' in results:
-        lines.append(latency_ratio('ACoupleNet latency / ACoupleNet with BLAS products latency', a,
-                                   results['acouplenet-blas']))
+        lines.append(line('ACoupleNet latency / ACoupleNet with BLAS products latency', a, results['acouplenet-blas'],
+                          latency))
     if 'acouplenet-copy' in results:
-        lines.append(latency_ratio('ACoupleNet latency / ACoupleNet with copied global features latency', a,
-                                   results['acouplenet-copy']))
+        lines.append(line('ACoupleNet latency / ACoupleNet with copied global features latency', a,
+                          results['acouplenet-copy'], latency))
     return lines
 
 
