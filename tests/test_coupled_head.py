@@ -84,6 +84,7 @@ def _coupled_by_hand(head, branch_outputs):
 @pytest.mark.parametrize('normalization,coupling', list(itertools.product(NORMALIZATIONS, COUPLINGS)))
 def test_coupling_matches_formula(normalization, coupling):
     head = _head(normalization=normalization, coupling=coupling)
+    assert head.branch_names == ('local', 'global')  # the order _branch_outputs returns them in
     if normalization == 'conv':
         _move_scales_off_identity(head)
     n = 6
@@ -151,9 +152,9 @@ def test_local_branches_maps_are_independent_convs():
     maps = head.forward_maps(feat)['local']
     assert maps.shape == (2, 9 * 3 * (5 + 4), 5, 6)
     single = _head(with_global=False)
+    single.reduce_conv.load_state_dict(head.reduce_conv.state_dict())
     for b in range(3):
         cls_rows, reg_rows = slice(45 * b, 45 * (b + 1)), slice(36 * b, 36 * (b + 1))
-        single.reduce_conv.load_state_dict(head.reduce_conv.state_dict())
         single.local_cls_conv.weight.data = head.local_cls_conv.weight[cls_rows].clone()
         single.local_cls_conv.bias.data = head.local_cls_conv.bias[cls_rows].clone()
         single.local_reg_conv.weight.data = head.local_reg_conv.weight[reg_rows].clone()
