@@ -182,6 +182,7 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert 'acouplenet-copy' not in bench.parse_args([]).models
     assert bench.build('acouplenet-copy', 'cpu').roi_head.bbox_head.global_conv.weight.is_contiguous()
 
+    monkeypatch.delenv('THP_MEM_ALLOC_ENABLE', raising=False)
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'faster-rcnn-300', '--runs', '2',
                 '--warmup', '0', '--no-flops', '--profile', '--paired', '3', '--out', str(tmp_path)])
     results = json.loads((tmp_path / 'benchmark_cpu.json').read_text())
@@ -202,6 +203,7 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert 'median (the higher middle one of an even count) of 2 runs after 0 warm-up' in text
     # The table names the CPU and torch's kernel level for it, which set the times.
     assert f'{torch.backends.cpu.get_cpu_capability()}), ' in text.splitlines()[0]
+    assert 'THP_MEM_ALLOC_ENABLE' not in text
     a, b = results['acouplenet']['paired_network_s'], results['faster-rcnn-300']['paired_network_s']
     low, median, high = bench.paired_ratios(b, a)
     assert f'network; paired network (one process, alternating, 3 rounds): median {median:.2f}x, quartiles ' \
@@ -215,13 +217,15 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
         bench.main(['--device', 'cpu', '--tf32', '--out', str(tmp_path)])
 
 
-def test_speed_benchmark_paired_timing_alone(tmp_path):
-    """--rounds 0: no per-model processes, the paired network times and their ratios only (short GPU leases)."""
+def test_speed_benchmark_paired_timing_alone(tmp_path, monkeypatch):
+    """--rounds 0: no per-model processes, the paired network times and their ratios only (short GPU leases);
+    the header names PyTorch's huge-page setting, which the model process inherits."""
     bench = load_tool('benchmark_speed')
     with pytest.raises(SystemExit, match=r'--rounds 0 times no model in its own process.*add --paired N'):
         bench.main(['--device', 'cpu', '--rounds', '0', '--out', str(tmp_path)])
     with pytest.raises(SystemExit, match=r'--profile profiles one _forward.*drop --profile or pass --rounds 1'):
         bench.main(['--device', 'cpu', '--rounds', '0', '--paired', '2', '--profile', '--out', str(tmp_path)])
+    monkeypatch.setenv('THP_MEM_ALLOC_ENABLE', '1')
     bench.main(['--device', 'cpu', '--shape', '64', '96', '--models', 'acouplenet', 'rfcn', '--rounds', '0',
                 '--warmup', '0', '--paired', '3', '--out', str(tmp_path)])
     results = json.loads((tmp_path / 'benchmark_cpu.json').read_text())
@@ -229,6 +233,7 @@ def test_speed_benchmark_paired_timing_alone(tmp_path):
     assert all(set(r) == {'paired_network_s'} and len(r['paired_network_s']) == 3 for r in results.values())
     text = (tmp_path / 'benchmark_cpu.md').read_text()
     assert 'network only, median (the higher middle one of an even count) of 3 runs' in text
+    assert text.splitlines()[0].endswith(' threads, THP_MEM_ALLOC_ENABLE=1')
     assert '| Model (cpu) | paired network (s) |' in text and 'latency (s)' not in text
     assert f'| R-FCN R-101 (local branch) | {statistics.median_high(results["rfcn"]["paired_network_s"]):.4f} |' in text
     a, r = results['acouplenet']['paired_network_s'], results['rfcn']['paired_network_s']

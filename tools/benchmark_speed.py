@@ -41,6 +41,10 @@ the top operators by self time on the device (CUDA kernels on a GPU), written to
 (``torch.backends.cuda.matmul.allow_tf32``), a switch PyTorch leaves off and a user sets before inference;
 cuDNN's convolutions use TF32 either way (PyTorch's default). Its files are named ``*_cuda_tf32.*``.
 
+On a CPU, ``THP_MEM_ALLOC_ENABLE=1`` in the environment (PyTorch backs its allocations of 2 MB and more with
+huge pages; the model processes inherit it) spares the page faults of fresh large buffers: 10-26% faster
+networks for all five models on a 2-core AMD EPYC host (docs/speed.md). The table's header names it when set.
+
 Three variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
 blocks), ``acouplenet-blas`` (ACoupleNet with its global branch's products in ``F.linear``, PyTorch's BLAS,
 instead of oneDNN on the CPU: ``--models acouplenet acouplenet-blas rfcn --paired N`` times what oneDNN saves)
@@ -449,9 +453,11 @@ def main(argv=None):
         runs = (f'network only, median (the higher middle one of an even count) of {args.paired} runs, all models '
                 f'in one process in turn')
     rcnn = paper_rcnn_test_cfg()
+    huge_pages = os.environ.get('THP_MEM_ALLOC_ENABLE')  # the workers inherit it: see the module docstring
     header = (f'{args.shape[0]} x {args.shape[1]} input, batch 1, random weights, 81 classes, R-CNN score threshold '
               f'{rcnn.score_thr} and NMS {rcnn.nms.iou_threshold} for all; {runs} after {args.warmup} warm-up; {device}'
               + (f', {threads} threads' if args.device == 'cpu' else '')
+              + (f', THP_MEM_ALLOC_ENABLE={huge_pages}' if args.device == 'cpu' and huge_pages else '')
               + (', TF32 matrix products' if args.tf32 else ''))
     text = '\n'.join([header, '', table(list(results.items()), args.device), '', *ratios(results)])
     file_tag = args.device.split(':')[0] + ('_tf32' if args.tf32 else '')  # cuda:1 -> cuda, cuda_tf32
