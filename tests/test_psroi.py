@@ -189,9 +189,7 @@ def test_inference_pools_roi_chunks_in_threads_bit_for_bit(mode, context, monkey
     gen = torch.Generator().manual_seed(11)
     feat = torch.randn(2, 2 * 2 * 3, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
     rois = _rois_inside(100, 9, 11, 4, gen)
-    extractor = PSRoIExtractor(roi_layer=dict(type=mode, output_size=2, **({'sampling_ratio': 2} if mode ==
-                                                                           'PSRoIAlign' else {})),
-                               featmap_strides=[4])
+    extractor = PSRoIExtractor(roi_layer=dict(type=mode, output_size=2), featmap_strides=[4])
     kernel_layer = getattr(torchvision.ops, mode)  # the torchvision layer whose forward the project's wraps
     calls = []
     kernel_forward = kernel_layer.forward
