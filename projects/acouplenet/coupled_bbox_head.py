@@ -111,7 +111,9 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     CPUs: on a 2-core AMD EPYC (AVX-512) the global branch's 300 x 100352 x
     1024 product took 0.32 s in ``F.linear`` (179 GFLOP/s, half of what the
     backbone's oneDNN convolutions reach there) and 0.15 s here (2026-12-04,
-    timed alone; outputs equal to rounding). Training (oneDNN's op has no backward),
+    timed alone; outputs equal to rounding). On a 2-core Intel Xeon (AVX-512)
+    MKL is the faster one, by less: 239 ms against 254 ms the same day, a
+    cost this keeps for the 2x it saves on AMD CPUs. Training (oneDNN's op has no backward),
     CUDA and other dtypes take ``F.linear``, and so do tracing (FLOP counters,
     ONNX export: the op's arguments do not trace, and counters know
     ``aten::linear``) and ``torch.compile``, which picks its own kernels.
