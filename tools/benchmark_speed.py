@@ -43,7 +43,8 @@ cuDNN's convolutions use TF32 either way (PyTorch's default). Its files are name
 
 On a CPU, ``THP_MEM_ALLOC_ENABLE=1`` in the environment (PyTorch backs its allocations of 2 MB and more with
 huge pages; the model processes inherit it) spares the page faults of fresh large buffers: 10-26% faster
-networks for all five models on a 2-core AMD EPYC host (docs/speed.md). The table's header names it when set.
+networks for all five models on a 2-core AMD EPYC host, but no faster ACoupleNet or R-FCN and a 16% slower
+Faster R-CNN C4 on a 2-core Intel Xeon host (docs/speed.md). The table's header names it when set.
 
 Three variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
 blocks), ``acouplenet-blas`` (ACoupleNet with its global branch's products in ``F.linear``, PyTorch's BLAS,

@@ -113,8 +113,8 @@ def linear_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     backbone's oneDNN convolutions reach there) and 0.15 s here (2026-12-04,
     timed alone; outputs equal to rounding). On a 2-core Intel Xeon (AVX-512)
     MKL is the faster one, by less: 239 ms against 254 ms the same day, a
-    cost this keeps for the 2x it saves on AMD CPUs. Training (oneDNN's op has no backward),
-    CUDA and other dtypes take ``F.linear``, and so do tracing (FLOP counters,
+    cost this keeps for the 2x it saves on AMD CPUs. Training (oneDNN's op
+    has no backward), CUDA and other dtypes take ``F.linear``, and so do tracing (FLOP counters,
     ONNX export: the op's arguments do not trace, and counters know
     ``aten::linear``) and ``torch.compile``, which picks its own kernels.
     """
