@@ -364,6 +364,28 @@ def test_gather_roi_align_matches_torchvision_forward_and_backward(sampling_rati
     assert type(layer) is GatherRoIAlign and layer.sampling_ratio == 0 and layer.aligned
 
 
+def test_gather_roi_align_writes_roi_sets_side_by_side_bit_for_bit():
+    """``groups=2`` (proposals, then their contexts): the two sets' features concatenated along the
+    channels, channels-last, equal bit for bit to pooling once and concatenating, and so is the gradient
+    (each map cell sums its taps in the same order), so that training gives the same weights."""
+    from projects.acouplenet.roi_extractors import concat_roi_sets
+    gen = torch.Generator().manual_seed(14)
+    feat = torch.randn(2, 6, 40, 64, generator=gen, requires_grad=True)
+    rois = _mixed_rois(60, gen).float()
+    layer = GatherRoIAlign(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+    out = layer(feat, rois, groups=2)
+    expected = concat_roi_sets(layer(feat, rois), 2)
+    assert out.shape == (30, 12, 7, 7) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, expected)
+    grad_out = torch.randn(out.shape, generator=gen)
+    grad, = torch.autograd.grad(out, feat, grad_out)
+    expected_grad, = torch.autograd.grad(expected, feat, grad_out)
+    assert torch.equal(grad, expected_grad)
+    assert layer(feat, rois[:0], groups=2).shape == (0, 12, 7, 7)
+    with pytest.raises(ValueError, match='31 RoIs do not split into 2 equal sets'):
+        layer(feat, rois[:31], groups=2)
+
+
 def test_gather_roi_align_equals_mmcv_roi_align_of_mmdet_configs():
     """mmdet's default RoI layer, mmcv's RoIAlign (aligned, adaptive sampling), gives the same numbers."""
     from mmcv.ops import RoIAlign as MMCVRoIAlign
