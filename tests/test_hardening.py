@@ -326,11 +326,15 @@ def test_range_max_roi_pool_equals_torchvision(boxes, k, stride, height, width):
        height=st.integers(1, 40), width=st.integers(1, 40), sampling_ratio=st.integers(0, 3),
        aligned=st.booleans())
 def test_gather_roi_align_equals_torchvision(boxes, k, stride, height, width, sampling_ratio, aligned):
-    """The CPU gather RoIAlign is torchvision's RoIAlign, bin for bin, on any RoIs: finite, in range."""
+    """The CPU gather RoIAlign is torchvision's RoIAlign, bin for bin, on any RoIs: finite, in range; with
+    the RoIs as two sets, the two sets' outputs side by side along the channels, bit for bit."""
     feat = torch.randn(2, 3, height, width, dtype=torch.float64)
     boxes = boxes.double()
-    out = GatherRoIAlign(k, 1.0 / stride, sampling_ratio, aligned)(feat, boxes)
+    layer = GatherRoIAlign(k, 1.0 / stride, sampling_ratio, aligned)
+    out = layer(feat, boxes)
     assert out.shape == (len(boxes), 3, k, k) and torch.isfinite(out).all()
+    half = len(boxes) // 2
+    assert torch.equal(layer(feat, boxes[:2 * half], groups=2), torch.cat([out[:half], out[half:2 * half]], dim=1))
     if aligned and sampling_ratio == 0:
         # torchvision's CPU kernel fails on reversed RoIs here (a negative sample count); they take no samples
         reversed_ = (boxes[:, 3] < boxes[:, 1]) | (boxes[:, 4] < boxes[:, 2])
