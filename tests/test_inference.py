@@ -75,6 +75,9 @@ def test_demo_writes_the_figure(shapes_checkpoint, shapes_images, tmp_path, caps
     with pytest.raises(SystemExit):
         demo.main(shapes_images + model_args + ['--score-thr', '30'])
     assert '--score-thr is a score, from 0 to 1; got 30.0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo.main(shapes_images + model_args + ['--out', str(tmp_path / 'fig.txt')])
+    assert 'cannot write .txt pictures; name a .png file' in capsys.readouterr().err
     # A checkpoint of another model is refused, not run with random weights as init_detector would.
     state = torch.load(shapes_checkpoint, map_location='cpu', weights_only=True)['state_dict']
     state.pop('roi_head.bbox_head.fc_cls.weight')

@@ -18,12 +18,18 @@ def main(argv=None):
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--config', required=True)
     parser.add_argument('--checkpoint', required=True)
-    parser.add_argument('--out', default='demo.png', help='PNG to write')
+    parser.add_argument('--out', default='demo.png', help='picture to write (PNG; any format matplotlib writes)')
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
     args = parser.parse_args(argv)
     if not 0 <= args.score_thr <= 1:
         parser.error(f'--score-thr is a score, from 0 to 1; got {args.score_thr}')
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    extension = osp.splitext(args.out)[1][1:].lower()
+    if extension and extension not in formats:  # checked before the model runs, not when saving
+        parser.error(f'--out {args.out}: cannot write .{extension} pictures; name a .png file (or one of '
+                     f'{", ".join(sorted(formats))})')
     missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')
