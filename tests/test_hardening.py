@@ -277,6 +277,28 @@ def test_mmengine_writes_checkpoints_through_the_atomic_backend(tmp_path):
     assert isinstance(get_file_backend(str(tmp_path / 'x.pth')), AtomicLocalBackend)
 
 
+@pytest.mark.parametrize('tool, argv, option', [
+    ('train', [str(SHAPES_CONFIG), '--work-dir', '{blocker}'], 'work_dir'),
+    ('test', [str(SHAPES_CONFIG), '{checkpoint}', '--work-dir', '{blocker}/sub'], 'work_dir'),
+    ('main_job', ['--work-dir', '{blocker}', '--data-root', '{tmp}/data'], '--work-dir'),
+    ('benchmark_speed', ['--models', 'rfcn', '--rounds', '0', '--paired', '1', '--out', '{blocker}'], '--out'),
+    ('benchmark_shapes', ['--work-dir', '{blocker}', '--data-root', '{tmp}/data'], '--work-dir'),
+])
+def test_an_output_folder_that_is_a_file_stops_the_tool_naming_it(tool, argv, option, tmp_path):
+    """A file where a tool's output folder should be: an error line naming the option and the fix, before
+    any data is generated or model built, and the file untouched."""
+    from .conftest import load_tool
+    blocker = tmp_path / 'notes.txt'
+    blocker.write_text('not a folder')
+    (tmp_path / 'model.pth').write_bytes(b'')
+    argv = [a.format(blocker=blocker, checkpoint=tmp_path / 'model.pth', tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit, match=f'error: {option} .*notes.txt.*: a file of that name .* in the way; '
+                                         f'name a folder'):
+        load_tool(tool).main(argv)
+    assert blocker.read_text() == 'not a folder'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.pth', 'notes.txt']
+
+
 # -- property-based ------------------------------------------------------------------------------------
 coords = st.floats(min_value=-40, max_value=200, allow_nan=False, allow_infinity=False)
 

@@ -182,6 +182,25 @@ def test_convert_rejects_non_resnet_and_converting_in_place(tmp_path):
     assert (tmp_path / 'r18.pth').read_bytes() == before
 
 
+def test_an_output_folder_that_is_a_file_is_named_before_anything_is_written(tmp_path):
+    """download, publish and convert-resnet into a "folder" that is a file: a ValueError naming it (which
+    tools/model_zoo.py prints as an error line), the file untouched, no partial file left anywhere."""
+    import torchvision
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / 'r18.pth')
+    torch.save(dict(state_dict={'w': torch.ones(2)}), tmp_path / 'iter_1.pth')
+    blocker = tmp_path / 'notes.txt'
+    blocker.write_text('not a folder')
+    calls = [('download folder', lambda: model_zoo.download('http://127.0.0.1:9/x.pth', str(blocker / 'x.pth'), None)),
+             ('publish folder', lambda: model_zoo.publish(str(tmp_path / 'iter_1.pth'), str(blocker))),
+             ('destination folder', lambda: model_zoo.convert_resnet(str(tmp_path / 'r18.pth'),
+                                                                     str(blocker / 'sub' / 'r18.pth')))]
+    for what, call in calls:
+        with pytest.raises(ValueError, match=f'{what} .*notes.txt.*: a file of that name .* in the way; name a folder'):
+            call()
+    assert blocker.read_text() == 'not a folder'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['iter_1.pth', 'notes.txt', 'r18.pth']
+
+
 def test_mim_download_reads_the_installed_package(server, tmp_path):
     python = sys.executable
     mim = shutil.which('mim', path=os.path.dirname(python))

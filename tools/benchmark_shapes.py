@@ -171,7 +171,8 @@ def main(argv=None):
     # Absolute, as main_job runs from the repository root and records the dataset's absolute path.
     args.work_dir, args.data_root = osp.abspath(args.work_dir), osp.abspath(args.data_root)
     dataset_fingerprint.cache_clear()  # the data may have been generated again since an earlier call
-    os.makedirs(args.work_dir, exist_ok=True)
+    from projects.acouplenet.runtime import folder_arg_or_exit
+    os.makedirs(folder_arg_or_exit(args.work_dir, '--work-dir'), exist_ok=True)
     reports = {seed: {key: run(key, seed, args) for key in args.models} for seed in args.seeds}
     first = reports[args.seeds[0]][args.models[0]]
     iters = {r['iterations'] for by_key in reports.values() for r in by_key.values()}

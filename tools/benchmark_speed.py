@@ -419,7 +419,8 @@ def main(argv=None):
     if args.tf32 and not args.device.startswith('cuda'):
         raise SystemExit(f'error: --tf32 is a CUDA precision setting and does nothing on --device {args.device}; '
                          'drop --tf32 or run with --device cuda')
-    os.makedirs(args.out, exist_ok=True)
+    from projects.acouplenet.runtime import folder_arg_or_exit
+    os.makedirs(folder_arg_or_exit(args.out, '--out'), exist_ok=True)
     rounds = {key: [] for key in args.models}
     for round_index in range(args.rounds):
         for key in args.models:

@@ -90,7 +90,8 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerat
 def build_cfg(args):
     from mmengine.config import Config
 
-    from projects.acouplenet.runtime import inner_dataset_cfg, prepare_cfg, set_coco_data_root, set_iterations
+    from projects.acouplenet.runtime import (folder_arg_or_exit, inner_dataset_cfg, prepare_cfg, set_coco_data_root,
+                                             set_iterations)
     cfg = Config.fromfile(config_path(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -107,7 +108,7 @@ def build_cfg(args):
     # Evaluated once, by runner.test() after training: no validation loop (it would run at the last
     # iteration too).
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    cfg.work_dir = osp.abspath(args.work_dir)
+    cfg.work_dir = folder_arg_or_exit(args.work_dir, '--work-dir')
     cfg.randomness = dict(seed=args.seed)
     return prepare_cfg(cfg)
 

@@ -6,7 +6,8 @@ like a checkpoint. :class:`AtomicLocalBackend` writes to a temporary file in
 the same folder, flushes it to disk and renames it over the target, so a path
 only ever holds a whole file. :func:`use_atomic_local_writes`, called when
 ``projects.acouplenet`` is imported, makes it mmengine's backend for local
-paths.
+paths. Besides: a file's sha256, and :func:`check_output_folder`, which the
+tools run on their output folders before doing any work.
 """
 import hashlib
 import os
@@ -26,6 +27,21 @@ def sha256sum(path: str, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_output_folder(path: str, what: str) -> str:
+    """``path`` made absolute, where a folder can be written: it is one, or the nearest existing folder above
+    it is one; creates nothing. A ValueError naming ``what`` and the fix where a file is in the way or the
+    folder is not writable."""
+    path = osp.abspath(path)
+    existing = path
+    while not osp.exists(existing):  # the nearest existing part of the path ('/' at the latest)
+        existing = osp.dirname(existing)
+    if not osp.isdir(existing):
+        raise ValueError(f'{what} {path}: a file of that name (or of a folder above it) is in the way; name a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f'{what} {path}: {existing} is not writable; name a folder you can write to')
+    return path
 
 
 def atomic_write(data: Union[bytes, str], filepath: Union[str, Path], encoding: str = 'utf-8') -> None:

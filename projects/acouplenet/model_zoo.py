@@ -10,6 +10,7 @@
 * :func:`convert_resnet` maps ImageNet ResNet weights (torchvision or mmdet
   layout) onto :func:`AttentionBackbone`.
 """
+import io
 import os
 import os.path as osp
 import tempfile
@@ -21,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import yaml
 
-from .fileio import sha256sum
+from .fileio import atomic_write, check_output_folder, sha256sum
 from .safe_loading import load_checkpoint_file
 
 REPO_MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'model-index.yml')
@@ -97,7 +98,7 @@ def download(url: str, dest: str, sha256: Optional[str], retries: int = 3, timeo
     if sha256 is not None and len(sha256) != 64:
         raise ValueError(f'sha256 {sha256!r} is not a 64-hex-digit sha256')
     dest = osp.abspath(dest)
-    os.makedirs(osp.dirname(dest), exist_ok=True)
+    os.makedirs(check_output_folder(osp.dirname(dest), 'download folder'), exist_ok=True)
     if osp.isfile(dest) and sha256 is not None and sha256sum(dest) == sha256:
         return dest
     errors: List[str] = []
@@ -154,6 +155,7 @@ def publish(checkpoint: str, out_dir: str, name: Optional[str] = None) -> Dict[s
     meta = {k: v for k, v in (ckpt.get('meta') or {}).items() if k not in ('rng_state', )}
     slim = dict(state_dict={k: v.cpu() for k, v in ckpt['state_dict'].items()}, meta=meta)
     name = name or osp.splitext(osp.basename(checkpoint))[0]
+    out_dir = check_output_folder(out_dir, 'publish folder')
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=out_dir)
     os.close(fd)
@@ -203,7 +205,8 @@ def convert_resnet(src: str, dst: str) -> Dict[str, List[str]]:
             kept[key] = value
     if 'conv1.weight' not in kept or not any(k.startswith('layer1.') for k in kept):
         raise ValueError(f'{src} does not look like a ResNet (no conv1.weight / layer1.*); converted nothing')
-    tmp = dst + '.part'
-    torch.save(dict(state_dict=kept, meta=dict(converted_from=osp.basename(src))), tmp)
-    os.replace(tmp, dst)
+    check_output_folder(osp.dirname(osp.abspath(dst)), 'destination folder')
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict=kept, meta=dict(converted_from=osp.basename(src))), buffer)
+    atomic_write(buffer.getvalue(), dst)
     return dict(dropped=dropped)

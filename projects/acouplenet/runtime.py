@@ -165,6 +165,17 @@ def seed_arg(value: str) -> int:
     return seed
 
 
+def folder_arg_or_exit(path: str, option: str) -> str:
+    """A tool's output folder ``path``, made absolute, checked before the tool does any work (nothing is
+    created): where a file is in the way or the folder is not writable, the tool exits with an error naming
+    ``option`` and the fix."""
+    from .fileio import check_output_folder
+    try:
+        return check_output_folder(path, option)
+    except ValueError as exc:
+        raise SystemExit(f'error: {exc}') from None
+
+
 def init_cpu_distributed(launcher: str) -> None:
     """Start the gloo process group of a CPU-only distributed run.
 
