@@ -16,7 +16,7 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
-from projects.acouplenet.runtime import apply_tta, folder_arg_or_exit, init_cpu_distributed, prepare_cfg  # noqa: E402
+from projects.acouplenet.runtime import apply_tta, init_cpu_distributed, prepare_cfg, set_work_dir  # noqa: E402
 from projects.acouplenet.safe_loading import assert_checkpoint_fits  # noqa: E402
 
 
@@ -54,11 +54,7 @@ def main(argv=None):
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    folder_arg_or_exit(cfg.work_dir, 'work_dir')
+    set_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

@@ -15,7 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
-from projects.acouplenet.runtime import folder_arg_or_exit, init_cpu_distributed, prepare_cfg  # noqa: E402
+from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg, set_work_dir  # noqa: E402
 from projects.acouplenet.safe_loading import load_checkpoint_file  # noqa: E402
 
 
@@ -74,12 +74,7 @@ def main(argv=None):
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    # work_dir: CLI > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    folder_arg_or_exit(cfg.work_dir, 'work_dir')
+    set_work_dir(cfg, args.work_dir, args.config)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise RuntimeError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')

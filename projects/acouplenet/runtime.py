@@ -1,9 +1,10 @@
 """Adjustments of a loaded config: to the machine it runs on (tools/train.py, tools/test.py) and to a
-data folder and run length (the main job, the benchmarks, the tests); the machine's description that
-reports record."""
+data folder and run length (the main job, the benchmarks, the tests); the tools' argument types and output
+folders, checked before they start; the machine's description that reports record."""
 import argparse
 import copy
 import os.path as osp
+from typing import Optional
 
 import torch
 from mmengine.config import Config
@@ -174,6 +175,17 @@ def folder_arg_or_exit(path: str, option: str) -> str:
         return check_output_folder(path, option)
     except ValueError as exc:
         raise SystemExit(f'error: {exc}') from None
+
+
+def set_work_dir(cfg: Config, work_dir: Optional[str], config: str) -> str:
+    """``cfg.work_dir`` as mmdet's tools set it, checked (:func:`folder_arg_or_exit`): ``work_dir`` (the
+    command line's) over the config's over ``./work_dirs/<config file name>``."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    folder_arg_or_exit(cfg.work_dir, 'work_dir')
+    return cfg.work_dir
 
 
 def init_cpu_distributed(launcher: str) -> None:
