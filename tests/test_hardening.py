@@ -283,6 +283,9 @@ def test_mmengine_writes_checkpoints_through_the_atomic_backend(tmp_path):
     ('main_job', ['--work-dir', '{blocker}', '--data-root', '{tmp}/data'], '--work-dir'),
     ('benchmark_speed', ['--models', 'rfcn', '--rounds', '0', '--paired', '1', '--out', '{blocker}'], '--out'),
     ('benchmark_shapes', ['--work-dir', '{blocker}', '--data-root', '{tmp}/data'], '--work-dir'),
+    ('demo', ['{tmp}/x.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', '{checkpoint}', '--out',
+              '{blocker}/fig.png'], "--out's folder"),
+    ('attention_stats', [str(SHAPES_CONFIG), '{checkpoint}', '--out', '{blocker}/stats.json'], "--out's folder"),
 ])
 def test_an_output_folder_that_is_a_file_stops_the_tool_naming_it(tool, argv, option, tmp_path):
     """A file where a tool's output folder should be: an error line naming the option and the fix, before

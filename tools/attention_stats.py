@@ -23,7 +23,7 @@ def format_table(rows):
 
 
 def main(argv=None):
-    from projects.acouplenet.runtime import count_arg, device_arg
+    from projects.acouplenet.runtime import count_arg, device_arg, folder_arg_or_exit
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint')
@@ -34,6 +34,8 @@ def main(argv=None):
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--out', default=None, help='also write the rows as json')
     args = parser.parse_args(argv)
+    if args.out:
+        folder_arg_or_exit(osp.dirname(osp.abspath(args.out)), "--out's folder")
     ann_file = osp.join(args.data_root, 'annotations', f'instances_{args.split}.json')
     missing = [p for p in (args.config, args.checkpoint, ann_file) if not osp.isfile(p)]
     if missing:

@@ -13,7 +13,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def main(argv=None):
-    from projects.acouplenet.runtime import device_arg
+    from projects.acouplenet.runtime import device_arg, folder_arg_or_exit
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='+', help='image files')
     parser.add_argument('--config', required=True)
@@ -30,6 +30,7 @@ def main(argv=None):
     if extension and extension not in formats:  # checked before the model runs, not when saving
         parser.error(f'--out {args.out}: cannot write .{extension} pictures; name a .png file (or one of '
                      f'{", ".join(sorted(formats))})')
+    folder_arg_or_exit(osp.dirname(osp.abspath(args.out)), "--out's folder")
     missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')
