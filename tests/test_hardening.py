@@ -281,6 +281,8 @@ def test_mmengine_writes_checkpoints_through_the_atomic_backend(tmp_path):
     ('train', [str(SHAPES_CONFIG), '--work-dir', '{blocker}'], 'work_dir'),
     ('test', [str(SHAPES_CONFIG), '{checkpoint}', '--work-dir', '{blocker}/sub'], 'work_dir'),
     ('main_job', ['--work-dir', '{blocker}', '--data-root', '{tmp}/data'], '--work-dir'),
+    ('main_job', ['--data-root', '{blocker}/shapes', '--work-dir', '{tmp}/work'], 'dataset folder'),
+    ('generate_shapes', ['{blocker}/shapes', '--num-train', '1', '--num-val', '1'], 'dataset folder'),
     ('benchmark_speed', ['--models', 'rfcn', '--rounds', '0', '--paired', '1', '--out', '{blocker}'], '--out'),
     ('benchmark_shapes', ['--work-dir', '{blocker}', '--data-root', '{tmp}/data'], '--work-dir'),
     ('demo', ['{tmp}/x.jpg', '--config', str(SHAPES_CONFIG), '--checkpoint', '{checkpoint}', '--out',

@@ -84,7 +84,10 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerat
         print(f'[main_job] {root} holds a dataset of another format than {FORMAT}; replacing it', flush=True)
     print(f'[main_job] generating the shapes dataset in {root} '
           f'({cfg.num_train} train / {cfg.num_val} val images, seed {cfg.seed})', flush=True)
-    return generate(root, cfg, overwrite=osp.exists(root))
+    try:
+        return generate(root, cfg, overwrite=osp.exists(root))
+    except ValueError as exc:
+        raise SystemExit(f'error: {exc} (--data-root)') from None
 
 
 def build_cfg(args):

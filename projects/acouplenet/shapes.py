@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from .fileio import sha256sum
+from .fileio import check_output_folder, sha256sum
 from .transforms import rle_from_bitmap
 
 OUTLINES = ('ellipse', 'star', 'triangle')
@@ -365,6 +365,8 @@ def generate(root: str, cfg: ShapesConfig = ShapesConfig(), overwrite: bool = Fa
         FileExistsError: ``root`` exists and ``overwrite`` is False, or it
             holds something other than a generated dataset (``overwrite``
             replaces only a dataset with its manifest, or an empty folder).
+        ValueError: A file is in the way of ``root`` (or of a folder above
+            it), or the folder cannot be written.
     """
     cfg.validate()
     root = os.path.abspath(root)
@@ -374,6 +376,7 @@ def generate(root: str, cfg: ShapesConfig = ShapesConfig(), overwrite: bool = Fa
             not (os.path.isdir(root) and not os.listdir(root)):
         raise FileExistsError(f'{root} holds something other than a generated dataset (no {MANIFEST}); refusing to '
                               f'replace it: move it away or choose another folder')
+    check_output_folder(root, 'dataset folder')
     parent = os.path.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(root)}.partial-', dir=parent)
