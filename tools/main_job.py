@@ -87,7 +87,7 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerat
     try:
         return generate(root, cfg, overwrite=osp.exists(root))
     except ValueError as exc:
-        raise SystemExit(f'error: {exc} (--data-root)') from None
+        raise SystemExit(f'error: {exc}') from None
 
 
 def build_cfg(args):
