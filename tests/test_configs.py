@@ -61,6 +61,20 @@ def test_config_types_resolve(path):
             assert _resolves(name), f'{name} in {section} of {path.name} is not registered'
 
 
+@pytest.mark.parametrize('path', CONFIGS, ids=_config_id)
+def test_mmdet_analyze_results_finds_the_loading_steps_of_the_train_pipeline(path):
+    """mmdet's analyze_results tool rebuilds the test set with the train pipeline's loading steps, which it
+    recognises by type (mmdet's own two classes only); the datasets do what custom loaders would."""
+    from mmdet.datasets import get_loading_pipeline
+    from projects.acouplenet import CheckedDatasetMixin
+    dataset = Config.fromfile(str(path)).train_dataloader.dataset
+    while 'pipeline' not in dataset:  # the tool's wrappers: ConcatDataset's first dataset, RepeatDataset's own
+        dataset = dataset.datasets[0] if 'datasets' in dataset else dataset.dataset
+    assert [t['type'] for t in get_loading_pipeline(dataset.pipeline)] == ['LoadImageFromFile', 'LoadAnnotations']
+    if 'faster_rcnn' not in path.parts:  # mmdet's own model on mmdet's own CocoDataset
+        assert issubclass(DATASETS.get(dataset.type), CheckedDatasetMixin), dataset.type
+
+
 def _batch(model, num_images=2, training=True):
     """Two images of different sizes through the model's own data preprocessor."""
     shapes = [(120, 150), (96, 128)][:num_images]

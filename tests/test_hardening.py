@@ -15,14 +15,12 @@ from torchvision.ops import roi_align, roi_pool
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import DATASETS, MODELS, TRANSFORMS
 from projects.acouplenet import PSRoIExtractor, context_rois
 from projects.acouplenet import datasets as datasets_module
-from projects.acouplenet import transforms as transforms_module
 from projects.acouplenet.fileio import AtomicLocalBackend, atomic_write
 from projects.acouplenet.roi_extractors import GatherRoIAlign, RangeMaxRoIPool
 from projects.acouplenet.safe_loading import assert_checkpoint_fits
-from projects.acouplenet.transforms import LoadAttentionAnnotations, SafeLoadImageFromFile
 
 from .conftest import SHAPES_CONFIG, make_sample, shrink_model_cfg, tiny_train_cfg
 
@@ -31,9 +29,7 @@ from .conftest import SHAPES_CONFIG, make_sample, shrink_model_cfg, tiny_train_c
 def logged(monkeypatch):
     """Messages the project logs through print_log."""
     messages = []
-    for module in (transforms_module, datasets_module):
-        monkeypatch.setattr(module, 'print_log', lambda msg, **kw: messages.append(msg))
-    monkeypatch.setattr(LoadAttentionAnnotations, '_logged', False)
+    monkeypatch.setattr(datasets_module, 'print_log', lambda msg, **kw: messages.append(msg))
     return messages
 
 
@@ -43,37 +39,6 @@ def _jpeg(path, shape=(60, 80, 3)):
     return path
 
 
-def test_corrupt_and_truncated_images_are_skipped_with_a_log_line_in_training(tmp_path, logged):
-    corrupt = tmp_path / 'corrupt.jpg'
-    corrupt.write_bytes(b'\xff\xd8 not really a jpeg \xff\xd9')
-    truncated = tmp_path / 'truncated.jpg'
-    truncated.write_bytes(_jpeg(tmp_path / 'whole.jpg').read_bytes()[:-300])
-    assert cv2.imread(str(truncated)) is not None  # OpenCV would hand back a half-grey image
-    loader = SafeLoadImageFromFile(skip_bad=True)
-    for path, why in ((corrupt, 'cannot be decoded'), (truncated, 'truncated JPEG'),
-                      (tmp_path / 'missing.jpg', 'does not exist')):
-        assert loader(dict(img_path=str(path))) is None
-        assert why in logged[-1] and str(path) in logged[-1] and 'Replace the file' in logged[-1]
-    with pytest.raises(ValueError, match=r'truncated\.jpg is a truncated JPEG.*replace the file or remove it'):
-        SafeLoadImageFromFile()(dict(img_path=str(truncated)))
-    assert SafeLoadImageFromFile()(dict(img_path=str(tmp_path / 'whole.jpg')))['img'].shape == (60, 80, 3)
-
-
-def test_truncated_png_is_caught(tmp_path):
-    path = tmp_path / 'a.png'
-    cv2.imwrite(str(path), np.zeros((40, 40, 3), np.uint8))
-    path.write_bytes(path.read_bytes()[:-20])
-    with pytest.raises(ValueError, match='truncated PNG'):
-        SafeLoadImageFromFile()(dict(img_path=str(path)))
-
-
-@pytest.mark.parametrize('channels', [1, 4])
-def test_grayscale_and_rgba_images_load_as_bgr(tmp_path, channels):
-    path = tmp_path / f'img{channels}.png'
-    cv2.imwrite(str(path), np.full((30, 50, channels) if channels > 1 else (30, 50), 200, np.uint8))
-    assert SafeLoadImageFromFile()(dict(img_path=str(path)))['img'].shape == (30, 50, 3)
-
-
 def _coco(tmp_path, images, annotations, name='ann.json'):
     data = dict(images=images, annotations=annotations, categories=[dict(id=1, name='face-ellipse'),
                                                                      dict(id=2, name='face-box')])
@@ -81,10 +46,66 @@ def _coco(tmp_path, images, annotations, name='ann.json'):
     return str(tmp_path / name)
 
 
-def _dataset(tmp_path, ann_file, pipeline):
+def _dataset(tmp_path, ann_file, pipeline, **kwargs):
     return DATASETS.build(dict(type='CheckedCocoDataset', data_root=str(tmp_path), ann_file=ann_file,
                                data_prefix=dict(img=''), metainfo=dict(classes=('face-ellipse', 'face-box')),
-                               filter_cfg=dict(filter_empty_gt=False), pipeline=pipeline))
+                               filter_cfg=dict(filter_empty_gt=False), pipeline=pipeline, **kwargs))
+
+
+LOAD_IMAGE = [dict(type='LoadImageFromFile'), dict(type='PackDetInputs')]
+
+
+def _one_image_dataset(tmp_path, file_name, **kwargs):
+    images = [dict(id=1, file_name=file_name, height=60, width=80)]
+    return _dataset(tmp_path, _coco(tmp_path, images, [], name=f'{file_name}.json'), LOAD_IMAGE, **kwargs)
+
+
+def test_corrupt_truncated_and_missing_images_are_skipped_with_a_log_line_in_training(tmp_path, logged):
+    (tmp_path / 'corrupt.jpg').write_bytes(b'\xff\xd8 not really a jpeg \xff\xd9')
+    (tmp_path / 'truncated.jpg').write_bytes(_jpeg(tmp_path / 'whole.jpg').read_bytes()[:-300])
+    assert cv2.imread(str(tmp_path / 'truncated.jpg')) is not None  # OpenCV would hand back a half-grey image
+    for name, why in (('corrupt.jpg', 'cannot be decoded'), ('truncated.jpg', 'truncated JPEG'),
+                      ('missing.jpg', 'does not exist')):
+        dataset = _one_image_dataset(tmp_path, name)
+        assert dataset.prepare_data(0) is None  # mmengine then draws another index
+        assert why in logged[-1] and str(tmp_path / name) in logged[-1] and 'Replace the file' in logged[-1]
+        with pytest.raises(ValueError, match=rf'{name} .*{why}.*replace the file or remove it'):
+            _one_image_dataset(tmp_path, name, skip_bad_images=False).prepare_data(0)
+        with pytest.raises(ValueError, match=rf'{name} .*{why}'):  # testing never skips
+            _one_image_dataset(tmp_path, name, test_mode=True).prepare_data(0)
+    assert _one_image_dataset(tmp_path, 'whole.jpg')[0]['inputs'].shape == (3, 60, 80)
+
+
+@TRANSFORMS.register_module(force=True)
+class _FailingTransform:
+    """A pipeline step that fails on any image."""
+
+    def __call__(self, results):
+        raise RuntimeError('a bug in a transform')
+
+
+def test_a_pipeline_error_on_a_good_image_is_not_taken_for_a_bad_image(tmp_path, logged):
+    _jpeg(tmp_path / 'whole.jpg')
+    dataset = _one_image_dataset(tmp_path, 'whole.jpg')
+    dataset.pipeline.transforms.insert(1, _FailingTransform())
+    with pytest.raises(RuntimeError, match='a bug in a transform'):
+        dataset.prepare_data(0)
+    assert not logged
+
+
+def test_truncated_png_is_caught(tmp_path):
+    path = tmp_path / 'a.png'
+    cv2.imwrite(str(path), np.zeros((40, 40, 3), np.uint8))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ValueError, match='truncated PNG'):
+        _one_image_dataset(tmp_path, 'a.png', skip_bad_images=False).prepare_data(0)
+
+
+@pytest.mark.parametrize('channels', [1, 4])
+def test_grayscale_and_rgba_images_load_as_bgr(tmp_path, channels):
+    path = tmp_path / f'img{channels}.png'
+    cv2.imwrite(str(path), np.full((30, 50, channels) if channels > 1 else (30, 50), 200, np.uint8))
+    assert _one_image_dataset(tmp_path, path.name)[0]['inputs'].shape == (3, 30, 50)
 
 
 def test_dataset_draws_another_image_when_one_is_corrupt(tmp_path, logged):
@@ -94,7 +115,7 @@ def test_dataset_draws_another_image_when_one_is_corrupt(tmp_path, logged):
                                                                           width=80)]
     ann_file = _coco(tmp_path, images, [dict(id=1, image_id=2, category_id=1, bbox=[5, 5, 20, 20], area=400,
                                              iscrowd=0)])
-    dataset = _dataset(tmp_path, ann_file, [dict(type='SafeLoadImageFromFile', skip_bad=True),
+    dataset = _dataset(tmp_path, ann_file, [dict(type='LoadImageFromFile'),
                                             dict(type='LoadAnnotations', with_bbox=True),
                                             dict(type='PackDetInputs')])
     item = dataset[0]
@@ -111,7 +132,7 @@ def test_dataset_reports_the_annotations_it_drops(tmp_path, logged):
         dict(id=4, image_id=1, category_id=2, bbox=[70, 50, 30, 30], area=900, iscrowd=0),  # partly outside
     ]
     ann_file = _coco(tmp_path, [dict(id=1, file_name='a.jpg', height=60, width=80)], anns)
-    dataset = _dataset(tmp_path, ann_file, [dict(type='SafeLoadImageFromFile'),
+    dataset = _dataset(tmp_path, ann_file, [dict(type='LoadImageFromFile'),
                                             dict(type='LoadAnnotations', with_bbox=True),
                                             dict(type='Resize', scale=(80, 60), keep_ratio=True),
                                             dict(type='PackDetInputs')])
@@ -122,17 +143,26 @@ def test_dataset_reports_the_annotations_it_drops(tmp_path, logged):
     assert (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 60).all()  # the partly-outside box is clipped
 
 
-def test_instances_without_usable_masks_keep_their_boxes(logged):
-    results = dict(img_path='x.jpg', ori_shape=(40, 40), img_shape=(40, 40), instances=[
-        dict(bbox=[2, 2, 10, 10], bbox_label=0, ignore_flag=0, mask=[[2, 2, 10, 2, 10, 10]]),  # a triangle
-        dict(bbox=[12, 12, 30, 20], bbox_label=1, ignore_flag=0, mask=[[12, 12, 30, 12]]),  # 2 points
-        dict(bbox=[20, 25, 35, 39], bbox_label=1, ignore_flag=0),  # no mask at all
-    ])
-    out = LoadAttentionAnnotations(with_bbox=True, with_mask=True)(results)
-    assert out['gt_ignore_flags'].tolist() == [False, False, False]  # mmdet would ignore the second
+def test_instances_without_usable_masks_keep_their_boxes_in_training(tmp_path, logged):
+    _jpeg(tmp_path / 'x.jpg', shape=(40, 40, 3))
+    anns = [
+        dict(id=1, image_id=1, category_id=1, bbox=[2, 2, 8, 8], area=64, iscrowd=0,
+             segmentation=[[2, 2, 10, 2, 10, 10]]),  # a triangle
+        dict(id=2, image_id=1, category_id=2, bbox=[12, 12, 18, 8], area=144, iscrowd=0,
+             segmentation=[[12, 12, 30, 12]]),  # 2 points: mmdet's LoadAnnotations would ignore the object
+        dict(id=3, image_id=1, category_id=2, bbox=[20, 25, 15, 14], area=210, iscrowd=0),  # no mask at all
+    ]
+    ann_file = _coco(tmp_path, [dict(id=1, file_name='x.jpg', height=40, width=40)], anns)
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True)]
+    out = _dataset(tmp_path, ann_file, pipeline)[0]
+    assert out['gt_ignore_flags'].tolist() == [False, False, False]
     masks = out['gt_masks'].masks
-    assert masks[1][12:20, 12:30].all() and masks[2][25:39, 20:35].all()  # the boxes stand in
-    assert len(logged) == 1 and '2 instance(s) of x.jpg have no usable mask' in logged[0]
+    assert masks[0].sum() < 64 and masks[1][12:20, 12:30].all() and masks[2][25:39, 20:35].all()  # boxes stand in
+    assert len(logged) == 1 and '2 of 3 objects have no usable instance mask' in logged[0]
+    # A test set keeps mmdet's annotations as they are (its pipeline loads no masks).
+    logged.clear()
+    assert 'mask' not in _dataset(tmp_path, ann_file, pipeline[:1], test_mode=True).get_data_info(0)['instances'][2]
+    assert not logged
 
 
 def test_an_image_without_objects_trains():

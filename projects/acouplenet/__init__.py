@@ -10,13 +10,12 @@ from .attention_backbone import AttentionBackbone, AttentionBlock, AttentionMixi
 from .attention_loss import AttentionLoss, attention_targets
 from .coupled_bbox_head import CoupledBBoxHead
 from .coupled_roi_head import CoupledRoIHead
-from .datasets import CheckedCocoDataset, VOCSBDDataset
+from .datasets import CheckedCocoDataset, CheckedDatasetMixin, VOCSBDDataset
 from .fileio import use_atomic_local_writes
 from .hooks import ClassCountCheckHook, NonFiniteLossHook, RNGStateHook
 from .res_layer import SlimResLayer
 from .roi_extractors import PSRoIExtractor, TorchvisionRoIExtractor, context_rois
 from .safe_loading import allow_mmengine_checkpoint_types
-from .transforms import LoadAttentionAnnotations, SafeLoadImageFromFile
 
 __version__ = '0.1.0'
 
@@ -25,7 +24,7 @@ use_atomic_local_writes()
 
 __all__ = [
     'ACoupleNet', 'AttentionBackbone', 'AttentionBlock', 'AttentionMixin', 'AttentionLoss', 'CheckedCocoDataset',
-    'ClassCountCheckHook', 'CoupledBBoxHead', 'CoupledRoIHead', 'LoadAttentionAnnotations', 'NonFiniteLossHook',
-    'PSRoIExtractor', 'RNGStateHook', 'SafeLoadImageFromFile', 'SlimResLayer', 'TorchvisionRoIExtractor',
-    'VOCSBDDataset', 'attention_maps', 'attention_targets', 'capture_attention', 'context_rois'
+    'CheckedDatasetMixin', 'ClassCountCheckHook', 'CoupledBBoxHead', 'CoupledRoIHead', 'NonFiniteLossHook',
+    'PSRoIExtractor', 'RNGStateHook', 'SlimResLayer', 'TorchvisionRoIExtractor', 'VOCSBDDataset', 'attention_maps',
+    'attention_targets', 'capture_attention', 'context_rois'
 ]

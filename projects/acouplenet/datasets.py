@@ -1,11 +1,21 @@
-"""Datasets: COCO that reports what it drops, and PASCAL VOC with SBD instance masks ("07+12+S")."""
+"""Datasets: COCO that reports what it drops, and PASCAL VOC with SBD instance masks ("07+12+S").
+
+Both take care of what mmdet's own loading transforms do not, so that the
+configs' pipelines are mmdet's plain ``LoadImageFromFile`` and
+``LoadAnnotations`` (which mmdet's ``analyze_results`` tool requires): a bad
+image is skipped with a log line in training and named in an error in
+testing, and an object without a usable instance mask gets its box as its mask.
+"""
 import json
 import logging
+import os
 import os.path as osp
 from collections import Counter
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
+import mmcv
 import numpy as np
+from mmengine import fileio
 from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 
@@ -27,6 +37,122 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def truncation_problem(path: str) -> Optional[str]:
+    """Why a local JPEG/PNG file is cut short, or None. (OpenCV decodes a truncated JPEG without error.)"""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(8)
+            f.seek(max(os.path.getsize(path) - 64, 0))
+            tail = f.read()
+    except OSError:
+        return None  # not a local file: left to the decoder
+    if head[:2] == b'\xff\xd8' and b'\xff\xd9' not in tail:
+        return 'is a truncated JPEG (no end-of-image marker)'
+    if head == b'\x89PNG\r\n\x1a\n' and b'IEND' not in tail:
+        return 'is a truncated PNG (no IEND chunk)'
+    return None
+
+
+def image_problem(path: str, backend_args: Optional[dict] = None) -> Optional[str]:
+    """Why an image file cannot be loaded (missing, truncated, undecodable), or None if it decodes."""
+    problem = truncation_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        if not fileio.exists(path, backend_args=backend_args):
+            return 'does not exist'
+        img = mmcv.imfrombytes(fileio.get(path, backend_args=backend_args))
+    except Exception as exc:  # noqa: BLE001  (any reader or decoder error makes the image unusable)
+        return f'cannot be read ({type(exc).__name__}: {exc})'
+    return None if img is not None else 'cannot be decoded (corrupt, or not an image)'
+
+
+def box_polygon(bbox) -> list:
+    """A box ``(x1, y1, x2, y2)`` as a one-part COCO polygon."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    return [[x1, y1, x2, y1, x2, y2, x1, y2]]
+
+
+def usable_mask(mask) -> bool:
+    """Whether ``mask`` is a COCO RLE or a polygon list with at least one part of >= 3 points."""
+    if isinstance(mask, dict):
+        return 'counts' in mask and 'size' in mask
+    if isinstance(mask, (list, tuple)):
+        return any(len(part) >= 6 and len(part) % 2 == 0 for part in mask)
+    return False
+
+
+def rle_from_bitmap(mask: np.ndarray) -> dict:
+    """(H, W) binary mask -> COCO RLE with a ``str`` counts field (JSON-serialisable)."""
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle['counts'] = rle['counts'].decode('ascii')
+    return rle
+
+
+class CheckedDatasetMixin:
+    """Bad images and objects without masks, for mmdet's detection datasets.
+
+    Combined with a dataset class (``class CheckedCocoDataset(CheckedDatasetMixin,
+    CocoDataset)``), in place of custom loading transforms:
+
+    * An image that is missing, truncated (which OpenCV decodes without error,
+      half grey) or undecodable: in training (``skip_bad_images=True``) the
+      dataset logs a warning naming the file and draws another image (mmengine
+      retries items whose pipeline returns None); in testing, or with
+      ``skip_bad_images=False``, a ``ValueError`` names the file and the fix.
+      A pipeline error on an image that decodes is re-raised as it is.
+    * In training, an object whose instance mask is missing or unusable
+      (polygons with fewer than 3 points, which mmdet's ``LoadAnnotations``
+      would turn into an ignored object) gets its box as its mask: the
+      attention target the paper uses for VOC objects without SBD masks. One
+      log line per dataset counts them.
+
+    Args:
+        skip_bad_images (bool): Skip bad images in training (True) or stop.
+        **kwargs: Arguments of the dataset class.
+    """
+
+    def __init__(self, *args, skip_bad_images: bool = True, **kwargs) -> None:
+        self.skip_bad_images = skip_bad_images
+        super().__init__(*args, **kwargs)
+
+    def load_data_list(self) -> List[dict]:
+        data_list = super().load_data_list()
+        if self.test_mode:
+            return data_list
+        instances = [instance for info in data_list for instance in info['instances']]
+        replaced = 0
+        for instance in instances:
+            if not usable_mask(instance.get('mask')):
+                instance['mask'] = box_polygon(instance['bbox'])
+                replaced += 1
+        if replaced:
+            print_log(f'{type(self).__name__} ({self.ann_file}): {replaced} of {len(instances)} objects have no '
+                      f'usable instance mask (none, or polygons with fewer than 3 points); their boxes stand in as '
+                      f'their masks (attention targets)', logger='current', level=logging.WARNING)
+        return data_list
+
+    def prepare_data(self, idx: int) -> Any:
+        data_info = self.get_data_info(idx)
+        path = data_info.get('img_path')
+        if not isinstance(path, str):
+            return self.pipeline(data_info)
+        problem = truncation_problem(path)  # checked first: the decoder would not notice
+        if problem is None:
+            try:
+                return self.pipeline(data_info)
+            except Exception:
+                problem = image_problem(path, self.backend_args)
+                if problem is None:
+                    raise  # the image is fine: the error is another transform's
+        if self.test_mode or not self.skip_bad_images:
+            raise ValueError(f'image {path} {problem}: replace the file or remove it from the annotation file')
+        print_log(f'{type(self).__name__}: skipping {path}: the file {problem}; the dataset draws another image. '
+                  f'Replace the file or remove it from the annotations.', logger='current', level=logging.WARNING)
+        return None
+
+
 def coco_drop_reason(ann: dict, img_info: dict, cat_ids) -> Optional[str]:
     """Why mmdet's ``CocoDataset.parse_data_info`` drops an annotation, or None if it keeps it."""
     if ann.get('ignore', False):
@@ -44,14 +170,15 @@ def coco_drop_reason(ann: dict, img_info: dict, cat_ids) -> Optional[str]:
 
 
 @DATASETS.register_module()
-class CheckedCocoDataset(CocoDataset):
+class CheckedCocoDataset(CheckedDatasetMixin, CocoDataset):
     """mmdet's :class:`CocoDataset` that says which annotations it drops and why.
 
     mmdet drops annotations with zero-size boxes, boxes outside their image,
     an ``ignore`` mark or an unknown category without a word; this dataset
     drops the same ones and logs a summary (counts per reason, a few examples)
     once it has loaded. Boxes that only partly leave the image are kept and
-    clipped by the pipeline's ``Resize``.
+    clipped by the pipeline's ``Resize``. Bad images and objects without masks:
+    :class:`CheckedDatasetMixin`.
     """
 
     def load_data_list(self) -> List[dict]:
@@ -92,26 +219,27 @@ def load_sbd_instances(path: str, backend_args: Optional[dict] = None) -> Dict[s
 
 
 @DATASETS.register_module()
-class VOCSBDDataset(VOCDataset):
+class VOCSBDDataset(CheckedDatasetMixin, VOCDataset):
     """VOC detection with instance masks from SBD where SBD has the image.
 
     Each XML object is matched to the SBD instance of the same class with the
     highest box IoU (at least ``match_iou``, one-to-one); matched objects get
-    the SBD mask as a COCO RLE in ``instance['mask']``, the others none, so
-    :class:`LoadAttentionAnnotations` uses their boxes as masks.
+    the SBD mask as a COCO RLE in ``instance['mask']``, the others their box
+    (:class:`CheckedDatasetMixin`, which also handles bad images).
 
     Args:
         sbd_ann_file (str, optional): The converter's JSON, relative to
             ``data_root``. None: plain VOC (every object uses its box).
         match_iou (float): Minimum IoU between an XML box and the SBD mask's
             box for a match.
-        **kwargs: As :class:`VOCDataset`.
+        **kwargs: As :class:`VOCDataset` and :class:`CheckedDatasetMixin`.
     """
 
     def __init__(self, sbd_ann_file: Optional[str] = None, match_iou: float = 0.5, **kwargs) -> None:
         self.sbd_ann_file = sbd_ann_file
         self.match_iou = match_iou
         self._sbd: Dict[str, dict] = {}
+        self._sbd_matches = Counter()
         super().__init__(**kwargs)
 
     def _join_prefix(self):
@@ -121,13 +249,12 @@ class VOCSBDDataset(VOCDataset):
 
     def load_data_list(self) -> List[dict]:
         self._sbd = load_sbd_instances(self.sbd_ann_file, self.backend_args) if self.sbd_ann_file else {}
+        self._sbd_matches = Counter()
         data_list = super().load_data_list()
         if self.sbd_ann_file:
-            instances = [i for info in data_list for i in info['instances']]
-            with_mask = sum('mask' in i for i in instances)
-            images = sum(any('mask' in i for i in info['instances']) for info in data_list)
-            print_log(f'VOCSBDDataset ({self.ann_file}): SBD masks for {with_mask} of {len(instances)} objects '
-                      f'in {images} of {len(data_list)} images; the others use their boxes as attention targets',
+            objects = sum(len(info['instances']) for info in data_list)
+            print_log(f'VOCSBDDataset ({self.ann_file}): SBD masks for {self._sbd_matches["objects"]} of {objects} '
+                      f'objects in {self._sbd_matches["images"]} of {len(data_list)} images',
                       logger='current', level=logging.INFO)
         self._sbd = {}
         return data_list
@@ -164,3 +291,5 @@ class VOCSBDDataset(VOCDataset):
             instances[i]['mask'] = candidates[j]['segmentation']
             matched_objects.add(i)
             matched_masks.add(j)
+        self._sbd_matches['objects'] += len(matched_objects)
+        self._sbd_matches['images'] += bool(matched_objects)

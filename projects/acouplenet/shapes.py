@@ -31,8 +31,8 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from .datasets import rle_from_bitmap
 from .fileio import check_output_folder, sha256sum
-from .transforms import rle_from_bitmap
 
 OUTLINES = ('ellipse', 'star', 'triangle')
 LAYOUTS = ('face', 'cross')

@@ -18,9 +18,8 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from projects.acouplenet.datasets import SBD_FORMAT  # noqa: E402
+from projects.acouplenet.datasets import SBD_FORMAT, rle_from_bitmap  # noqa: E402
 from projects.acouplenet.fileio import atomic_write  # noqa: E402
-from projects.acouplenet.transforms import rle_from_bitmap  # noqa: E402
 
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
                'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor')

@@ -3,10 +3,10 @@
 _base_ = 'mmdet::_base_/datasets/coco_instance.py'
 
 train_pipeline = [
-    # skips (and logs) a missing, corrupt or truncated image instead of stopping the run
-    dict(type='SafeLoadImageFromFile', skip_bad=True, backend_args={{_base_.backend_args}}),
-    # mmdet's LoadAnnotations, but an instance without a usable mask keeps its box as its mask.
-    dict(type='LoadAttentionAnnotations', with_bbox=True, with_mask=True),
+    # mmdet's own loading steps (its analyze_results tool looks for them); the dataset skips bad images
+    # and gives objects without masks their boxes as masks (CheckedDatasetMixin).
+    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='Resize', scale=(1000, 600), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')

@@ -8,9 +8,10 @@ metainfo = dict(
 backend_args = None
 
 train_pipeline = [
-    # skips (and logs) a missing, corrupt or truncated image instead of stopping the run
-    dict(type='SafeLoadImageFromFile', skip_bad=True, backend_args=backend_args),
-    dict(type='LoadAttentionAnnotations', with_bbox=True, with_mask=True),
+    # mmdet's own loading steps (its analyze_results tool looks for them); the dataset skips bad images
+    # and gives objects without masks their boxes as masks (CheckedDatasetMixin).
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='Resize', scale=(256, 256), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')

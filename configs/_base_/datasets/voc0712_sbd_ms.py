@@ -4,8 +4,8 @@ _base_ = './voc0712_sbd.py'
 
 train_scales = [(1000, s) for s in (480, 576, 600, 672, 768, 864)]
 train_pipeline = [
-    dict(type='SafeLoadImageFromFile', skip_bad=True, backend_args={{_base_.backend_args}}),
-    dict(type='LoadAttentionAnnotations', with_bbox=True, with_mask=True),
+    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='RandomChoiceResize', scales=train_scales, keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs')
