@@ -380,7 +380,7 @@ custom_hooks = [dict(type='NonFiniteLossHook'), dict(type='RNGStateHook'), dict(
     assert any('coco/bbox_mAP' in row for row in _scalars(work_dir))
 
 
-def test_mim_train_and_test_from_the_repo_root(tmp_path, tiny_shapes):
+def test_mim_train_test_and_mmdet_analysis_tools_from_the_repo_root(tmp_path, tiny_shapes):
     mim = shutil.which('mim', path=os.path.dirname(PYTHON))
     assert mim, 'mim is not installed in the test environment'
     config = _tiny_config_file(tmp_path, tiny_shapes, iters=2)
@@ -390,11 +390,23 @@ def test_mim_train_and_test_from_the_repo_root(tmp_path, tiny_shapes):
     _run([mim, 'train', 'mmdet', str(config), '--gpus', '0', '--work-dir', str(work_dir)], env=env)
     assert (work_dir / 'iter_2.pth').is_file()
     # --show-dir: mmdet's DetVisualizationHook draws every test image's detections (mim passes it through).
+    results = tmp_path / 'results.pkl'
     result = _run([mim, 'test', 'mmdet', str(config), '--checkpoint', str(work_dir / 'iter_2.pth'), '--gpus', '0',
-                   '--work-dir', str(tmp_path / 'mim_test'), '--show-dir', 'vis'], env=env)
+                   '--work-dir', str(tmp_path / 'mim_test'), '--show-dir', 'vis', '--out', str(results)], env=env)
     assert 'coco/bbox_mAP' in result.stdout + result.stderr
     drawn = list((tmp_path / 'mim_test').glob('*/vis/*.jpg'))
     assert len(drawn) == 4, drawn  # the tiny val split's four images
+
+    # mmdet's analysis tools on the run: best and worst images, confusion matrix, training time from the log.
+    _run([mim, 'run', 'mmdet', 'analyze_results', str(config), str(results), str(tmp_path / 'analysis'), '--topk', '1'],
+         env=env)
+    assert len(list((tmp_path / 'analysis').glob('good/*.jpg'))) == 1
+    assert len(list((tmp_path / 'analysis').glob('bad/*.jpg'))) == 1
+    _run([mim, 'run', 'mmdet', 'confusion_matrix', str(config), str(results), str(tmp_path / 'analysis')], env=env)
+    assert (tmp_path / 'analysis' / 'confusion_matrix.png').is_file()
+    scalars = next(work_dir.glob('*/vis_data/scalars.json'))
+    log = _run([mim, 'run', 'mmdet', 'analyze_logs', 'cal_train_time', str(scalars)], env=env)
+    assert 'average iter time' in log.stdout
 
 
 def test_amp_on_cpu_says_why_not(tmp_path):
