@@ -163,6 +163,12 @@ def test_voc_metric_on_the_voc_test_split(voc_sbd):
                           ignored_instances=dict(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long)))
         metric.process({}, [prediction])
     assert metric.evaluate(len(dataset))['pascal_voc/mAP'] == pytest.approx(1.0)
+    # A cut test image is named, not evaluated half grey (OpenCV decodes it without error).
+    path = root / 'VOC2007' / 'JPEGImages' / '000002.jpg'
+    path.write_bytes(path.read_bytes()[:-200])
+    index = next(i for i in range(len(dataset)) if dataset.get_data_info(i)['img_path'] == str(path))
+    with pytest.raises(ValueError, match=r'000002\.jpg is a truncated JPEG.*replace the file'):
+        dataset[index]
 
 
 def test_voc_batch_trains_acouplenet_with_sbd_masks(voc_sbd, tmp_path):

@@ -31,5 +31,6 @@ voc12 = dict(voc07, ann_file='VOC2012/ImageSets/Main/trainval.txt', data_prefix=
 train_dataloader = dict(
     batch_size=2,
     dataset=dict(_delete_=True, type='ConcatDataset', ignore_keys=['dataset_type'], datasets=[voc07, voc12]))
-val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+# VOCSBDDataset without SBD is mmdet's VOCDataset that names a bad test image (CheckedDatasetMixin).
+val_dataloader = dict(dataset=dict(type='VOCSBDDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader
