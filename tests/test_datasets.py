@@ -112,9 +112,13 @@ def voc_sbd(tmp_path):
     return root, sbd, disc
 
 
-def test_sbd_converter_and_voc_dataset_with_masks(voc_sbd):
+def test_sbd_converter_and_voc_dataset_with_masks(voc_sbd, monkeypatch):
     import subprocess
     import sys
+
+    from projects.acouplenet import datasets as datasets_module
+    logged = []
+    monkeypatch.setattr(datasets_module, 'print_log', lambda msg, **kw: logged.append(msg))
     root, sbd, disc = voc_sbd
     (root / 'SBD').mkdir()
     out = subprocess.run([sys.executable, str(REPO / 'tools' / 'dataset_converters' / 'sbd_to_masks.py'), str(sbd),
@@ -124,6 +128,11 @@ def test_sbd_converter_and_voc_dataset_with_masks(voc_sbd):
 
     dataset = _train_dataset(BASES / 'voc0712_sbd_ms.py', root)
     assert len(dataset) == 3
+    # VOC2007: the person's SBD mask, boxes for the dog and the car; VOC2012: the cat's SBD mask.
+    assert [m.split('): ')[1] for m in logged] == [
+        '2 of 3 objects have no usable instance mask (none, or polygons with fewer than 3 points); their boxes '
+        'stand in as their masks (attention targets)', 'SBD masks for 1 of 3 objects in 1 of 2 images',
+        'SBD masks for 1 of 1 objects in 1 of 1 images']
     by_id = {}
     for i in range(len(dataset)):
         sample = dataset[i]['data_samples']
