@@ -15,7 +15,7 @@ from torchvision.ops import roi_align, roi_pool
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmdet.registry import DATASETS, MODELS, TRANSFORMS
+from mmdet.registry import DATASETS, MODELS
 from projects.acouplenet import PSRoIExtractor, context_rois
 from projects.acouplenet import datasets as datasets_module
 from projects.acouplenet.fileio import AtomicLocalBackend, atomic_write
@@ -76,7 +76,6 @@ def test_corrupt_truncated_and_missing_images_are_skipped_with_a_log_line_in_tra
     assert _one_image_dataset(tmp_path, 'whole.jpg')[0]['inputs'].shape == (3, 60, 80)
 
 
-@TRANSFORMS.register_module(force=True)
 class _FailingTransform:
     """A pipeline step that fails on any image."""
 
