@@ -53,11 +53,8 @@ def truncation_problem(path: str) -> Optional[str]:
     return None
 
 
-def image_problem(path: str, backend_args: Optional[dict] = None) -> Optional[str]:
-    """Why an image file cannot be loaded (missing, truncated, undecodable), or None if it decodes."""
-    problem = truncation_problem(path)
-    if problem is not None:
-        return problem
+def read_problem(path: str, backend_args: Optional[dict] = None) -> Optional[str]:
+    """Why an image file cannot be read or decoded, or None if it decodes (a cut one may: truncation_problem)."""
     try:
         if not fileio.exists(path, backend_args=backend_args):
             return 'does not exist'
@@ -143,7 +140,7 @@ class CheckedDatasetMixin:
             try:
                 return self.pipeline(data_info)
             except Exception:
-                problem = image_problem(path, self.backend_args)
+                problem = read_problem(path, self.backend_args)
                 if problem is None:
                     raise  # the image is fine: the error is another transform's
         if self.test_mode or not self.skip_bad_images:
