@@ -142,6 +142,32 @@ def test_attention_in_boxes_against_a_hand_drawn_map():
     assert np.isnan(no_background)
 
 
+def test_detection_labels_keep_clear_of_each_other():
+    from projects.acouplenet.visualization import place_labels
+
+    def rects(corners, sizes):
+        return np.concatenate([corners, corners + sizes], axis=1)
+
+    # Three detections of one object (three classes), a lone one, one at the top edge, one at the right edge.
+    boxes = np.array([[10, 30, 60, 90], [12, 32, 62, 92], [11, 31, 61, 91], [70, 60, 95, 80], [30, 0, 50, 10],
+                      [90, 40, 100, 50]], dtype=float)
+    sizes = np.tile([30.0, 8.0], (len(boxes), 1))
+    corners = place_labels(boxes, sizes, (100, 100))
+    assert corners[0].tolist() == [10, 22]  # the first label at its usual place, above its box
+    assert corners[3].tolist() == [70, 52]  # so is a label with room there
+    r = rects(corners, sizes)
+    assert (r[:, :2] >= 0).all() and (r[:, 2:] <= 100).all()  # every label inside the image
+    for i in range(len(r)):
+        for j in range(i):
+            overlap = (min(r[i, 2], r[j, 2]) - max(r[i, 0], r[j, 0]), min(r[i, 3], r[j, 3]) - max(r[i, 1], r[j, 1]))
+            assert min(overlap) <= 0, f'labels {j} and {i} overlap: {r[j]} and {r[i]}'
+    # The duplicates' labels stack inside their boxes, in placing order.
+    assert corners[1].tolist() == [12, 32] and corners[2].tolist() == [11, 47]
+    # No free place (an image as small as two labels): the least covered one, no error.
+    tight = place_labels(np.array([[0, 0, 10, 8]] * 3, dtype=float), np.tile([10.0, 8.0], (3, 1)), (16, 10))
+    assert tight.tolist() == [[0, 0], [0, 8], [0, 0]]
+
+
 def test_attention_stats_tool(shapes_checkpoint, tiny_shapes, tmp_path):
     tool = load_tool('attention_stats')
     out = tmp_path / 'stats.json'

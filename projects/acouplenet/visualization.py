@@ -16,6 +16,9 @@ from .attention_backbone import capture_attention
 from .attention_loss import stride_name
 from .fileio import atomic_write
 
+# Padding (points) of the coloured box around a detection label's text.
+LABEL_PAD = 0.5
+
 
 def _load_bgr(image: Union[str, np.ndarray]) -> np.ndarray:
     import mmcv
@@ -141,6 +144,64 @@ def attention_by_object_size(model, ann_file: str, img_dir: str,
     return rows
 
 
+def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[int, int]) -> np.ndarray:
+    """Top-left corners for detection labels that keep clear of each other.
+
+    Each label tries, in order: above its box's top-left corner, just inside
+    it, then lower and lower inside the box, then just below it; it takes the
+    first place that covers no label placed before it, or else the one that
+    covers the least. Every place is shifted into the image where the label
+    fits. Overlapping detections (one object, two classes) so get readable
+    labels, the first (highest-scoring) one at its usual place.
+
+    Args:
+        boxes: (N, 4) ``(x1, y1, x2, y2)`` in image pixels, in placing order.
+        label_sizes: (N, 2) ``(width, height)`` of each label in image pixels.
+        image_shape: ``(H, W)`` of the image.
+
+    Returns:
+        np.ndarray: (N, 2) ``(x, y)`` of each label's top-left corner (y down).
+    """
+    height, width = image_shape
+    placed = np.zeros((0, 4))  # (x1, y1, x2, y2) of the labels placed so far
+    corners = np.zeros((len(boxes), 2))
+    for i, ((x1, y1, x2, y2), (w, h)) in enumerate(zip(np.asarray(boxes, dtype=float).reshape(-1, 4),
+                                                       np.asarray(label_sizes, dtype=float).reshape(-1, 2))):
+        inside = [y1 + j * h for j in range(max(int((y2 - y1) // h), 1))]
+        x = min(max(x1, 0), max(width - w, 0))
+        ys = np.clip([y1 - h] + inside + [y2], 0, max(height - h, 0))
+        candidates = np.stack([np.full_like(ys, x), ys, np.full_like(ys, x + w), ys + h], axis=1)
+        # Area each candidate shares with the labels placed before, summed.
+        ix = np.minimum(candidates[:, None, 2], placed[None, :, 2]) - np.maximum(candidates[:, None, 0],
+                                                                              placed[None, :, 0])
+        iy = np.minimum(candidates[:, None, 3], placed[None, :, 3]) - np.maximum(candidates[:, None, 1],
+                                                                              placed[None, :, 1])
+        covered = (ix.clip(min=0) * iy.clip(min=0)).sum(axis=1)
+        free = np.flatnonzero(covered <= 0)
+        best = candidates[free[0] if free.size else int(np.argmin(covered))]
+        corners[i] = best[:2]
+        placed = np.vstack([placed, best])
+    return corners
+
+
+def _place_label_texts(fig, labels: list) -> None:
+    """Move the detection labels of each image to :func:`place_labels`' corners, measured as rendered."""
+    renderer = fig.canvas.get_renderer()
+    by_axes = {}
+    for ax, shape, box, text in labels:
+        by_axes.setdefault(ax, (shape, []))[1].append((box, text))
+    for ax, (shape, items) in by_axes.items():
+        # Image pixels per display pixel along x and y (the image's y axis points down).
+        (x0, y0), (x1, y1) = ax.transData.inverted().transform([(0, 0), (1, 1)])
+        scale = np.abs([x1 - x0, y1 - y0])
+        # The coloured box reaches LABEL_PAD points beyond the text on every side.
+        pad = LABEL_PAD * fig.dpi / 72 * scale
+        sizes = np.array([text.get_window_extent(renderer).size * scale + 2 * pad for _, text in items])
+        corners = place_labels(np.array([box for box, _ in items]), sizes, shape)
+        for (_, text), corner in zip(items, corners):
+            text.set_position(tuple(corner + pad))
+
+
 def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: str, score_thr: float = 0.3,
                      class_names: Optional[Sequence[str]] = None, titles: Optional[Sequence[str]] = None) -> str:
     """One row per image: detections, then each attention map over the image.
@@ -161,18 +222,22 @@ def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: 
     num_maps = max((len(r[2]) for r in rows), default=0)
     cols = 1 + num_maps
     fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 3.2 * len(rows)), squeeze=False)
+    labels = []  # (axes, (H, W), box, text) of every detection, highest score first within an image
     for r, (rgb, result, maps) in enumerate(rows):
         ax = axes[r, 0]
         ax.imshow(rgb)
         inst = result.pred_instances
-        keep = inst.scores >= score_thr
-        for box, label, score in zip(inst.bboxes[keep].tolist(), inst.labels[keep].tolist(),
-                                     inst.scores[keep].tolist()):
+        # Highest score first: it gets the first choice of label place.
+        order = inst.scores.argsort(descending=True)
+        order = order[inst.scores[order] >= score_thr]
+        for box, label, score in zip(inst.bboxes[order].tolist(), inst.labels[order].tolist(),
+                                     inst.scores[order].tolist()):
             x1, y1, x2, y2 = box
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color='lime', linewidth=1.2))
             name = class_names[label] if class_names and label < len(class_names) else str(label)
-            ax.text(x1, y1, f'{name} {score:.2f}', fontsize=6, color='black',
-                    bbox=dict(facecolor='lime', alpha=0.7, pad=0.5, linewidth=0))
+            text = ax.text(x1, y1, f'{name} {score:.2f}', fontsize=6, color='black', va='top',
+                           bbox=dict(facecolor='lime', alpha=0.7, pad=LABEL_PAD, linewidth=0))
+            labels.append((ax, rgb.shape[:2], box, text))
         ax.set_title(titles[r] if titles else f'detections (score >= {score_thr})', fontsize=8)
         for c in range(num_maps):
             ax = axes[r, 1 + c]
@@ -185,6 +250,7 @@ def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: 
         for ax in axes[r]:
             ax.axis('off')
     fig.tight_layout()
+    _place_label_texts(fig, labels)
     # Rendered in memory and renamed into place: a killed run leaves no half-written picture.
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=110, format=os.path.splitext(out_file)[1][1:].lower() or 'png')
