@@ -161,8 +161,10 @@ def test_detection_labels_keep_clear_of_each_other():
         for j in range(i):
             overlap = (min(r[i, 2], r[j, 2]) - max(r[i, 0], r[j, 0]), min(r[i, 3], r[j, 3]) - max(r[i, 1], r[j, 1]))
             assert min(overlap) <= 0, f'labels {j} and {i} overlap: {r[j]} and {r[i]}'
-    # The duplicates' labels stack inside their boxes, in placing order.
-    assert corners[1].tolist() == [12, 32] and corners[2].tolist() == [11, 47]
+    # The duplicates' labels stack inside their boxes, in placing order, each in the first free third-of-a-label
+    # step: the second's label covers rows 32-40, so the third's box (top 31) gets row 31 + 4 * 8 / 3.
+    assert corners[1].tolist() == [12, 32]
+    np.testing.assert_allclose(corners[2], [11, 31 + 4 * 8 / 3])
     # No free place (an image as small as two labels): the least covered one, no error.
     tight = place_labels(np.array([[0, 0, 10, 8]] * 3, dtype=float), np.tile([10.0, 8.0], (3, 1)), (16, 10))
     assert tight.tolist() == [[0, 0], [0, 8], [0, 0]]

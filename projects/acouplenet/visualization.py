@@ -148,11 +148,13 @@ def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[
     """Top-left corners for detection labels that keep clear of each other.
 
     Each label tries, in order: above its box's top-left corner, just inside
-    it, then lower and lower inside the box, then just below it; it takes the
-    first place that covers no label placed before it, or else the one that
-    covers the least. Every place is shifted into the image where the label
-    fits. Overlapping detections (one object, two classes) so get readable
-    labels, the first (highest-scoring) one at its usual place.
+    it, then lower and lower inside the box, just below it; the same aligned
+    with the box's right edge; then one and two label heights further above
+    and below. It takes the first place that covers no label placed before
+    it, or else the one that covers the least.
+    Every place is shifted into the image where the label fits. Overlapping
+    detections (one object, two classes) so get readable labels, the first
+    (highest-scoring) one at its usual place.
 
     Args:
         boxes: (N, 4) ``(x1, y1, x2, y2)`` in image pixels, in placing order.
@@ -167,10 +169,15 @@ def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[
     corners = np.zeros((len(boxes), 2))
     for i, ((x1, y1, x2, y2), (w, h)) in enumerate(zip(np.asarray(boxes, dtype=float).reshape(-1, 4),
                                                        np.asarray(label_sizes, dtype=float).reshape(-1, 2))):
-        inside = [y1 + j * h for j in range(max(int((y2 - y1) // h), 1))]
-        x = min(max(x1, 0), max(width - w, 0))
-        ys = np.clip([y1 - h] + inside + [y2], 0, max(height - h, 0))
-        candidates = np.stack([np.full_like(ys, x), ys, np.full_like(ys, x + w), ys + h], axis=1)
+        # In a third of a label's height steps: a label can stack right under one placed before.
+        inside = y1 + np.arange(max(int((y2 - y1 - h) // (h / 3)) + 1, 1)) * (h / 3)
+        near = np.concatenate([[y1 - h], inside, [y2]])
+        far = np.array([y1 - 2 * h, y2 + h, y1 - 3 * h, y2 + 2 * h])
+        # Left-aligned with the box, then right-aligned, then further above and below it.
+        xs = np.concatenate([np.full_like(near, x1), np.full_like(near, x2 - w), np.full_like(far, x1)])
+        xs = np.clip(xs, 0, max(width - w, 0))
+        ys = np.clip(np.concatenate([near, near, far]), 0, max(height - h, 0))
+        candidates = np.stack([xs, ys, xs + w, ys + h], axis=1)
         # Area each candidate shares with the labels placed before, summed.
         ix = np.minimum(candidates[:, None, 2], placed[None, :, 2]) - np.maximum(candidates[:, None, 0],
                                                                               placed[None, :, 0])
