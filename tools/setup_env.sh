@@ -8,7 +8,7 @@
 # built against one torch to another and fail at import time.
 #
 # Environment:
-#   PYTHON                   interpreter used to create the venv (default: python3, must be 3.9-3.12)
+#   PYTHON                   interpreter used to create the venv (default: python3, must be 3.10-3.12)
 #   ACOUPLENET_WHEEL_CACHE   where built mmcv wheels are kept
 #   MAX_JOBS                 parallel compile jobs for mmcv (default: number of cores)
 set -euo pipefail
@@ -33,8 +33,9 @@ if [[ -f "$STAMP" ]]; then
   exit 0
 fi
 
-if ! "$PYTHON" -c 'import sys; sys.exit(0 if (3, 9) <= sys.version_info[:2] <= (3, 12) else 1)'; then
-  log "error: $PYTHON is $("$PYTHON" -V 2>&1); this setup supports Python 3.9-3.12 (pyproject.toml's requires-python; CI runs 3.11). Set PYTHON=python3.11."
+# torch 2.14.1 has wheels for Python >= 3.10; numpy < 2 (mmcv 2.1 / mmdet 3.3) has none for 3.13.
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+  log "error: $PYTHON is $("$PYTHON" -V 2>&1); this setup supports Python 3.10-3.12 (torch $TORCH_VERSION needs 3.10 or newer; pyproject.toml's requires-python; CI runs 3.11). Set PYTHON=python3.11."
   exit 1
 fi
 
