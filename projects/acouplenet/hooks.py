@@ -69,12 +69,15 @@ class NonFiniteLossError(RuntimeError):
 
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
-    """Stop training at the first NaN or Inf loss, before the optimizer step spreads it.
+    """Stop training at the first NaN or Inf loss, before it reaches a checkpoint or another iteration.
 
-    Checks the parsed losses after each iteration's forward (mmengine's
-    ``after_train_iter`` sees them in ``outputs``). The run stops with an
-    error that names the iteration, the offending loss terms and the last
-    checkpoint, which stays as it was.
+    Checks the parsed losses of each iteration (mmengine's ``after_train_iter``
+    sees them in ``outputs``, after that iteration's optimizer step, which the
+    non-finite gradients may already have spoilt: the weights in memory are
+    not to be trusted). The hook runs before ``CheckpointHook`` (priority
+    ABOVE_NORMAL against VERY_LOW), so the run stops with an error that names
+    the iteration, the offending loss terms and the last checkpoint, which
+    stays as it was: resume from it.
 
     Args:
         check_interval (int): Check every n iterations.
