@@ -151,10 +151,10 @@ def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[
     it, then lower and lower inside the box, just below it; the same aligned
     with the box's right edge; then one and two label heights further above
     and below. It takes the first place that covers no label placed before
-    it, or else the one that covers the least.
-    Every place is shifted into the image where the label fits. Overlapping
-    detections (one object, two classes) so get readable labels, the first
-    (highest-scoring) one at its usual place.
+    it, or else the one that covers the least. Every place is shifted into
+    the image where the label fits. Overlapping detections (one object, two
+    classes) so get readable labels, the first (highest-scoring) one at its
+    usual place.
 
     Args:
         boxes: (N, 4) ``(x1, y1, x2, y2)`` in image pixels, in placing order.
@@ -179,11 +179,9 @@ def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[
         ys = np.clip(np.concatenate([near, near, far]), 0, max(height - h, 0))
         candidates = np.stack([xs, ys, xs + w, ys + h], axis=1)
         # Area each candidate shares with the labels placed before, summed.
-        ix = np.minimum(candidates[:, None, 2], placed[None, :, 2]) - np.maximum(candidates[:, None, 0],
-                                                                              placed[None, :, 0])
-        iy = np.minimum(candidates[:, None, 3], placed[None, :, 3]) - np.maximum(candidates[:, None, 1],
-                                                                              placed[None, :, 1])
-        covered = (ix.clip(min=0) * iy.clip(min=0)).sum(axis=1)
+        low = np.maximum(candidates[:, None, :2], placed[None, :, :2])
+        high = np.minimum(candidates[:, None, 2:], placed[None, :, 2:])
+        covered = (high - low).clip(min=0).prod(axis=2).sum(axis=1)
         free = np.flatnonzero(covered <= 0)
         best = candidates[free[0] if free.size else int(np.argmin(covered))]
         corners[i] = best[:2]
