@@ -166,9 +166,8 @@ def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[
     """
     height, width = image_shape
     placed = np.zeros((0, 4))  # (x1, y1, x2, y2) of the labels placed so far
-    corners = np.zeros((len(boxes), 2))
-    for i, ((x1, y1, x2, y2), (w, h)) in enumerate(zip(np.asarray(boxes, dtype=float).reshape(-1, 4),
-                                                       np.asarray(label_sizes, dtype=float).reshape(-1, 2))):
+    for (x1, y1, x2, y2), (w, h) in zip(np.asarray(boxes, dtype=float).reshape(-1, 4),
+                                        np.asarray(label_sizes, dtype=float).reshape(-1, 2)):
         # In a third of a label's height steps: a label can stack right under one placed before.
         inside = y1 + np.arange(max(int((y2 - y1 - h) // (h / 3)) + 1, 1)) * (h / 3)
         near = np.concatenate([[y1 - h], inside, [y2]])
@@ -183,19 +182,18 @@ def place_labels(boxes: np.ndarray, label_sizes: np.ndarray, image_shape: Tuple[
         high = np.minimum(candidates[:, None, 2:], placed[None, :, 2:])
         covered = (high - low).clip(min=0).prod(axis=2).sum(axis=1)
         free = np.flatnonzero(covered <= 0)
-        best = candidates[free[0] if free.size else int(np.argmin(covered))]
-        corners[i] = best[:2]
-        placed = np.vstack([placed, best])
-    return corners
+        placed = np.vstack([placed, candidates[free[0] if free.size else int(np.argmin(covered))]])
+    return placed[:, :2]
 
 
 def _place_label_texts(fig, labels: list) -> None:
-    """Move the detection labels of each image to :func:`place_labels`' corners, measured as rendered."""
+    """Move the detection labels of each image to :func:`place_labels`' corners, measured as rendered.
+
+    Args:
+        labels: ``(axes, (H, W), [(box, text), ...])`` per image, its detections highest score first.
+    """
     renderer = fig.canvas.get_renderer()
-    by_axes = {}
-    for ax, shape, box, text in labels:
-        by_axes.setdefault(ax, (shape, []))[1].append((box, text))
-    for ax, (shape, items) in by_axes.items():
+    for ax, shape, items in labels:
         # Image pixels per display pixel along x and y (the image's y axis points down).
         (x0, y0), (x1, y1) = ax.transData.inverted().transform([(0, 0), (1, 1)])
         scale = np.abs([x1 - x0, y1 - y0])
@@ -227,11 +225,13 @@ def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: 
     num_maps = max((len(r[2]) for r in rows), default=0)
     cols = 1 + num_maps
     fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 3.2 * len(rows)), squeeze=False)
-    labels = []  # (axes, (H, W), box, text) of every detection, highest score first within an image
+    labels = []  # (axes, (H, W), [(box, text), ...]) per image, for _place_label_texts
     for r, (rgb, result, maps) in enumerate(rows):
         ax = axes[r, 0]
         ax.imshow(rgb)
         inst = result.pred_instances
+        image_labels = []
+        labels.append((ax, rgb.shape[:2], image_labels))
         # Highest score first: it gets the first choice of label place.
         order = inst.scores.argsort(descending=True)
         order = order[inst.scores[order] >= score_thr]
@@ -242,7 +242,7 @@ def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: 
             name = class_names[label] if class_names and label < len(class_names) else str(label)
             text = ax.text(x1, y1, f'{name} {score:.2f}', fontsize=6, color='black', va='top',
                            bbox=dict(facecolor='lime', alpha=0.7, pad=LABEL_PAD, linewidth=0))
-            labels.append((ax, rgb.shape[:2], box, text))
+            image_labels.append((box, text))
         ax.set_title(titles[r] if titles else f'detections (score >= {score_thr})', fontsize=8)
         for c in range(num_maps):
             ax = axes[r, 1 + c]
