@@ -1,8 +1,9 @@
 """Model zoo: verified, atomic, retried downloads from a local HTTP server; publish; ResNet conversion;
-`mim download` from the project installed as a package."""
+`mim download` from the project installed as a package, `mim search` from its editable install."""
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,3 +228,19 @@ def test_mim_download_reads_the_installed_package(server, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / 'dl' / 'good.pth').read_bytes() == PAYLOAD
     assert (tmp_path / 'dl' / 'couplenet_r101_1xb2-ms-110k_voc0712.py').is_file()
+
+
+def test_mim_search_reads_the_editable_install(tmp_path):
+    # The project's own environment installs the repo in editable mode; mim looks for the index where a
+    # wheel puts it (<site-packages>/projects/.mim), which tools/setup_env.sh links to the repo's.
+    mim = shutil.which('mim', path=os.path.dirname(sys.executable))
+    assert mim, 'mim is not installed in the test environment'
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    result = subprocess.run([mim, 'search', 'acouplenet', '--config', 'acouplenet_r101_1xb2-ms-110k_voc0712'],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metafile = yaml.safe_load((REPO / 'configs' / 'acouplenet' / 'metafile.yml').read_text())
+    entry = next(m for m in metafile['Models'] if m['Name'] == 'acouplenet_r101_1xb2-ms-110k_voc0712')
+    map_voc07 = entry['Results'][0]['Metrics']['mAP']
+    assert 'config id: acouplenet_r101_1xb2-ms-110k_voc0712' in result.stdout
+    assert re.search(rf'voc2007 test/map\s+{map_voc07}\n', result.stdout), result.stdout

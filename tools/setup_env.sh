@@ -123,6 +123,12 @@ log "installing mmengine, mmdet, openmim and the rest"
 if [[ -f "$ROOT/pyproject.toml" ]]; then
   log "installing the project (editable) so that mim and custom_imports find it from any directory"
   "${PIP[@]}" install -q "${CONSTRAINTS[@]}" --no-deps --no-build-isolation -e "$ROOT"
+  # `mim search/download acouplenet` read <site-packages>/projects/.mim/model-index.yml, where a wheel
+  # puts the index; an editable install keeps it in the repo, so link it there (`projects` is a namespace
+  # package: the extra folder holds only the link and imports still resolve to the repo's modules).
+  PURELIB="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  mkdir -p "$PURELIB/projects"
+  ln -sfn "$ROOT/projects/.mim" "$PURELIB/projects/.mim"
 fi
 
 if ! mmcv_ops_ok; then
