@@ -141,3 +141,34 @@ def test_feature_routing_errors_name_the_fix():
     inputs, samples = _batch()
     with pytest.raises(ValueError, match=r'roi_feat_index=5 is out of range.*out_indices to \(2, 3\)'):
         model.predict(inputs, samples)
+
+
+@pytest.mark.parametrize('extractor', ['ps_roi_extractor', 'bbox_roi_extractor'])
+def test_pooled_size_must_match_group_size(extractor):
+    cfg = Config.fromfile(str(ACOUPLENET))
+    model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
+    model_cfg.roi_head[extractor].roi_layer.output_size = 5
+    with pytest.raises(ValueError, match=f'{extractor} pools \\(5, 5\\) bins but bbox_head.group_size is 7; '
+                                         f'set its roi_layer output_size=7'):
+        MODELS.build(model_cfg)
+
+
+def test_extractors_must_share_one_stride():
+    cfg = Config.fromfile(str(ACOUPLENET))
+    model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
+    model_cfg.roi_head.bbox_roi_extractor.featmap_strides = [32]
+    with pytest.raises(ValueError, match=r'different strides .*ps_roi_extractor.: \[16\].*bbox_roi_extractor.: '
+                                         r'\[32\]'):
+        MODELS.build(model_cfg)
+
+
+def test_conv5_at_another_stride_than_the_extractors_is_an_error():
+    cfg = Config.fromfile(str(ACOUPLENET))
+    model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
+    model_cfg.backbone.backbone.strides = (1, 2, 2, 2)  # conv5 at stride 32, undilated
+    model = MODELS.build(model_cfg)
+    inputs, samples = _batch()
+    for run in (lambda: model.loss(inputs, samples), lambda: model.eval().predict(inputs, samples)):
+        with pytest.raises(ValueError, match=r'conv5 is 4 x 5 for a 128 x 160 batch, stride ~32, but the RoI '
+                                             r'extractors assume stride 16 .*strides=\(1, 2, 2, 1\)'):
+            run()

@@ -14,6 +14,7 @@ regions) and ``maps`` follow ``bbox_head.map_names``. Being batch-first, they
 survive the per-image slicing ``[t[i][None] for t in x]`` that mmdet's
 ``OHEMSampler`` does, so OHEM sees the right image size for every RoI.
 """
+import math
 from typing import Optional, Sequence, Tuple
 
 from torch import Tensor
@@ -52,6 +53,33 @@ class CoupledRoIHead(StandardRoIHead):
         if not hasattr(self.bbox_head, 'forward_maps'):
             raise ValueError(f'CoupledRoIHead: bbox_head {type(self.bbox_head).__name__} has no forward_maps; '
                              f'use CoupledBBoxHead')
+        self._check_extractors()
+
+    def _check_extractors(self) -> None:
+        """Both branches pool k x k bins of one stride-``s`` level: a mismatch would otherwise surface as a
+        shape error deep in the head, or not at all (PS pooling with k=1 takes any channel count)."""
+        head, k = self.bbox_head, self.bbox_head.group_size
+        extractors = []
+        if head.with_local:
+            extractors.append(('ps_roi_extractor', self.ps_roi_extractor))
+        if head.with_global:
+            extractors.append(('bbox_roi_extractor', self.bbox_roi_extractor))
+        for name, extractor in extractors:
+            size = getattr(extractor.roi_layers[0], 'output_size', None)
+            size = (size, size) if isinstance(size, int) else tuple(size or ())
+            if size != (k, k):
+                raise ValueError(f'CoupledRoIHead: {name} pools {size} bins but bbox_head.group_size is {k}; set '
+                                 f'its roi_layer output_size={k} (or group_size to the pooled size)')
+        strides = {name: list(extractor.featmap_strides) for name, extractor in extractors}
+        if len({tuple(s) for s in strides.values()}) > 1:
+            raise ValueError(f'CoupledRoIHead: the extractors read conv5 at different strides {strides}; give both '
+                             f'the stride of the backbone\'s conv5 (16 with a dilated conv5, as R-FCN)')
+
+    @property
+    def feature_stride(self) -> int:
+        """The stride of conv5 the RoI extractors assume."""
+        extractor = self.ps_roi_extractor if self.bbox_head.with_local else self.bbox_roi_extractor
+        return extractor.featmap_strides[0]
 
     # -- per-image inputs -------------------------------------------------------------------------
     def head_inputs(self, x: Sequence[Tensor], batch_data_samples: Optional[SampleList] = None
@@ -67,13 +95,28 @@ class CoupledRoIHead(StandardRoIHead):
             raise ValueError(f'CoupledRoIHead takes one feature level (conv5), got {len(x)}; route the '
                              f'backbone outputs with ACoupleNet(roi_feat_index=...)')
         feat = x[0]
+        stride = self.feature_stride
+        if batch_data_samples and 'batch_input_shape' in batch_data_samples[0].metainfo:
+            self._check_stride(feat, batch_data_samples[0].metainfo['batch_input_shape'], stride)
         maps = self.bbox_head.forward_maps(feat)
         if batch_data_samples:
             img_sizes = feat.new_tensor([list(s.metainfo['img_shape'][:2]) for s in batch_data_samples])
         else:
-            stride = self.ps_roi_extractor.featmap_strides[0]
             img_sizes = feat.new_tensor([[feat.size(2) * stride, feat.size(3) * stride]]).expand(feat.size(0), 2)
         return (img_sizes, ) + tuple(maps[name] for name in self.bbox_head.map_names)
+
+    @staticmethod
+    def _check_stride(feat: Tensor, batch_input_shape: Tuple[int, int], stride: int) -> None:
+        """(N, C, H, W) conv5 must be the (padded) batch input at ``stride``, give or take a cell of
+        rounding; otherwise every RoI would be pooled from the wrong place without an error."""
+        expected = [math.ceil(size / stride) for size in batch_input_shape[:2]]
+        if any(abs(got - want) > 1 for got, want in zip(feat.shape[-2:], expected)):
+            actual = batch_input_shape[0] / feat.size(2)
+            raise ValueError(f'CoupledRoIHead: conv5 is {feat.size(2)} x {feat.size(3)} for a '
+                             f'{batch_input_shape[0]} x {batch_input_shape[1]} batch, stride ~{actual:g}, but the '
+                             f'RoI extractors assume stride {stride} (featmap_strides); keep conv5 at stride 16 '
+                             f'(backbone strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), as R-FCN) or set '
+                             f'featmap_strides to the backbone\'s conv5 stride')
 
     def forward(self, x: Tuple[Tensor], rpn_results_list: InstanceList,
                 batch_data_samples: SampleList = None) -> tuple:
