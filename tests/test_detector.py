@@ -143,29 +143,25 @@ def test_feature_routing_errors_name_the_fix():
         model.predict(inputs, samples)
 
 
-@pytest.mark.parametrize('extractor', ['ps_roi_extractor', 'bbox_roi_extractor'])
-def test_pooled_size_must_match_group_size(extractor):
+@pytest.mark.parametrize('key, value, match', [
+    ('ps_roi_extractor.roi_layer.output_size', 5,
+     r'ps_roi_extractor pools \(5, 5\) bins but bbox_head.group_size is 7; set its roi_layer output_size=7'),
+    ('bbox_roi_extractor.roi_layer.output_size', 5,
+     r'bbox_roi_extractor pools \(5, 5\) bins but bbox_head.group_size is 7; set its roi_layer output_size=7'),
+    ('bbox_roi_extractor.featmap_strides', [32],
+     r'different strides .*ps_roi_extractor.: \[16\].*bbox_roi_extractor.: \[32\]'),
+])
+def test_extractors_that_do_not_fit_the_head_fail_at_build_time(key, value, match):
     cfg = Config.fromfile(str(ACOUPLENET))
-    model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
-    model_cfg.roi_head[extractor].roi_layer.output_size = 5
-    with pytest.raises(ValueError, match=f'{extractor} pools \\(5, 5\\) bins but bbox_head.group_size is 7; '
-                                         f'set its roi_layer output_size=7'):
-        MODELS.build(model_cfg)
-
-
-def test_extractors_must_share_one_stride():
-    cfg = Config.fromfile(str(ACOUPLENET))
-    model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
-    model_cfg.roi_head.bbox_roi_extractor.featmap_strides = [32]
-    with pytest.raises(ValueError, match=r'different strides .*ps_roi_extractor.: \[16\].*bbox_roi_extractor.: '
-                                         r'\[32\]'):
-        MODELS.build(model_cfg)
+    cfg.merge_from_dict({f'model.roi_head.{key}': value})
+    with pytest.raises(ValueError, match=match):
+        MODELS.build(shrink_model_cfg(cfg.model, num_classes=3))
 
 
 def test_conv5_at_another_stride_than_the_extractors_is_an_error():
     cfg = Config.fromfile(str(ACOUPLENET))
     model_cfg = shrink_model_cfg(cfg.model, num_classes=3)
-    model_cfg.backbone.backbone.strides = (1, 2, 2, 2)  # conv5 at stride 32, undilated
+    model_cfg.backbone.backbone.strides = (1, 2, 2, 2)  # conv5 at stride 32
     model = MODELS.build(model_cfg)
     inputs, samples = _batch()
     for run in (lambda: model.loss(inputs, samples), lambda: model.eval().predict(inputs, samples)):
