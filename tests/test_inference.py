@@ -89,6 +89,19 @@ def test_demo_writes_the_figure(shapes_checkpoint, shapes_images, tmp_path, caps
     assert not (tmp_path / 'other.png').exists()
 
 
+def test_figure_rows_follow_each_images_aspect(shapes_checkpoint, shapes_images, tmp_path):
+    from PIL import Image
+
+    from projects.acouplenet.visualization import PANEL_INCHES, TITLE_INCHES, attention_figure
+    model = init_detector(str(SHAPES_CONFIG), str(shapes_checkpoint), device='cpu')
+    wide = mmcv.imresize(mmcv.imread(shapes_images[0]), (400, 180))  # 2.2 : 1
+    out = attention_figure(model, [wide, shapes_images[1]], str(tmp_path / 'fig.png'))
+    width, height = Image.open(out).size
+    dpi = width / (4 * PANEL_INCHES)  # four panels: detections and three attention maps
+    # The wide image's row is as tall as its panels (plus titles), the square one's as wide.
+    assert height == pytest.approx(dpi * (PANEL_INCHES * 180 / 400 + PANEL_INCHES + 2 * TITLE_INCHES), abs=1)
+
+
 def test_class_names_without_checkpoint_meta_come_from_the_config(shapes_checkpoint, tmp_path, monkeypatch):
     """mmdet's init_detector names an unlabelled checkpoint's detections with COCO's 80 classes; ours does not."""
     from projects.acouplenet import safe_loading

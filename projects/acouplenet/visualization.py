@@ -16,6 +16,9 @@ from .attention_backbone import capture_attention
 from .attention_loss import stride_name
 from .fileio import atomic_write
 
+# The width of each panel of attention_figure, and the height its titles take.
+PANEL_INCHES = 3.2
+TITLE_INCHES = 0.3
 # Padding (points) of the coloured box around a detection label's text.
 LABEL_PAD = 0.5
 
@@ -224,7 +227,12 @@ def attention_figure(model, images: Sequence[Union[str, np.ndarray]], out_file: 
         rows.append((_load_bgr(image)[:, :, ::-1], result, maps))
     num_maps = max((len(r[2]) for r in rows), default=0)
     cols = 1 + num_maps
-    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 3.2 * len(rows)), squeeze=False)
+    # Panels PANEL_INCHES wide; each row as tall as its image's aspect asks (within 0.3-2 widths), plus
+    # its titles, so a wide image is not framed in white above and below.
+    heights = [PANEL_INCHES * min(max(rgb.shape[0] / rgb.shape[1], 0.3), 2.0) + TITLE_INCHES
+               for rgb, _, _ in rows]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(PANEL_INCHES * cols, sum(heights)), squeeze=False,
+                             gridspec_kw=dict(height_ratios=heights))
     labels = []  # (axes, (H, W), [(box, text), ...]) per image, for _place_label_texts
     for r, (rgb, result, maps) in enumerate(rows):
         ax = axes[r, 0]
