@@ -90,6 +90,10 @@ class CoupledRoIHead(StandardRoIHead):
             x: ``(conv5,)``, conv5 of shape (N, C, H, W).
             batch_data_samples: Supplies each image's ``img_shape``; without
                 it the whole (padded) feature extent counts as the image.
+
+        Raises:
+            ValueError: conv5 is not at the stride the RoI extractors assume
+                (checked against the samples' ``batch_input_shape``).
         """
         if len(x) != 1:
             raise ValueError(f'CoupledRoIHead takes one feature level (conv5), got {len(x)}; route the '
