@@ -18,6 +18,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.registry import MODELS
@@ -65,8 +66,7 @@ class CoupledRoIHead(StandardRoIHead):
         if head.with_global:
             extractors.append(('bbox_roi_extractor', self.bbox_roi_extractor))
         for name, extractor in extractors:
-            size = getattr(extractor.roi_layers[0], 'output_size', None)
-            size = (size, size) if isinstance(size, int) else tuple(size or ())
+            size = tuple(_pair(getattr(extractor.roi_layers[0], 'output_size', None)))
             if size != (k, k):
                 raise ValueError(f'CoupledRoIHead: {name} pools {size} bins but bbox_head.group_size is {k}; set '
                                  f'its roi_layer output_size={k} (or group_size to the pooled size)')
