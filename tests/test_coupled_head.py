@@ -315,6 +315,29 @@ def test_global_branch_runs_in_onednn_at_inference_with_the_training_paths_outpu
     torch.testing.assert_close(traced(local_bins, global_feats)[0], cls_test)
 
 
+def test_global_convs_run_as_their_own_modules_for_hooks_and_flop_counters():
+    """The k x k and 1x1 convs of the global branch run as modules (their forward is the matrix product),
+    so forward hooks see them and mmengine's FLOP counter (mmdet's get_flops) counts each where it is."""
+    from mmengine.analysis import FlopAnalyzer
+    head = _head(normalization='none').eval()  # 12 = 2 x 6 pooled channels (proposal + context), k = 3
+    local_bins, global_feats = torch.randn(5, 9, 3, 3), torch.randn(5, 12, 3, 3)
+    seen = []
+    for name in ('global_conv', 'global_fc'):
+        getattr(head, name).register_forward_hook(lambda module, args, out, name=name: seen.append((name, out)))
+    with torch.no_grad():
+        head(local_bins, global_feats)
+    assert [name for name, _ in seen] == ['global_conv', 'global_fc']
+    torch.testing.assert_close(seen[0][1], F.relu(F.conv2d(global_feats, head.global_conv.weight,
+                                                            head.global_conv.bias)).flatten(1))
+    assert seen[1][1].shape == (5, 5)
+    flops = FlopAnalyzer(head, (local_bins, global_feats)).unsupported_ops_warnings(False)
+    flops = flops.uncalled_modules_warnings(False)
+    assert {'global_conv', 'global_fc'}.isdisjoint(flops.uncalled_modules())
+    by_module = flops.by_module()
+    assert by_module['global_conv'] == 5 * 12 * 3 * 3 * 5  # RoIs x (C x k x k) x out multiply-adds
+    assert by_module['global_fc'] == 5 * 5 * 5
+
+
 def test_global_kxk_conv_reads_channels_last_features_and_weight_in_place():
     """The k x k conv's weight is channels-last and stays so through init and loading a checkpoint of
     either layout; features pooled channels-last go into the product without a copy (of either operand),

@@ -141,6 +141,31 @@ def kxk_operands(feats: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
     return feats.permute(0, 2, 3, 1).flatten(1), weight.permute(0, 2, 3, 1).flatten(1)
 
 
+class WholeInputConvReLU(nn.Conv2d):
+    """A conv whose kernel covers its whole input, + ReLU: (n, C, kh, kw) -> (n, out_channels).
+
+    The global branch's k x k conv on k x k pooled RoI features, and its 1x1
+    conv on the 1 x 1 result, leave one value per RoI and output channel, so
+    each is one matrix product (:func:`kxk_operands`, :func:`linear_relu`),
+    run here as the module's own forward so that hooks and FLOP counters see
+    the layer. It keeps ``nn.Conv2d``'s parameters, state-dict keys and
+    init. Same weights and outputs as the conv: on the CPU the product is
+    much faster (2026-11-25, 2 busy cores: 300 RoIs of 2048 x 7 x 7 -> 1024,
+    1.0 s vs the conv's 5.2 s, 5.0 vs 37.7 s with backward; the shapes
+    configs' 512 RoIs of 256 x 7 x 7 -> 128, 41 vs 108 ms, 0.20 vs 0.65 s
+    with backward), and on a GPU no slower (H200, 2026-11-26, 300 RoIs:
+    2.07 ms in fp32 vs 2.19 ms for cuDNN's TF32 conv, which also takes a
+    500 MB workspace; a split-K form saved 0.3 ms at inference but slowed
+    training).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(n, C, kh, kw) with (kh, kw) the kernel size, or (n, C) for a 1x1 kernel -> (n, out_channels)."""
+        if x.dim() == 2:
+            x = x[:, :, None, None]
+        return linear_relu(*kxk_operands(x, self.weight), self.bias)
+
+
 def couple(local: Tensor, global_: Tensor, coupling: str) -> Tensor:
     """Element-wise coupling of two (n, D) branch outputs."""
     if coupling == 'sum':
@@ -277,9 +302,9 @@ class CoupledBBoxHead(BBoxHead):
             # Channels-last weight, (out, k, k, in) in memory: the order in which the RoI pooling writes
             # the (n, k, k, in) features, so that the k x k conv's matrix product reads both operands in
             # place (kxk_operands follows the weight's layout; every layout gives equal results).
-            self.global_conv = nn.Conv2d(global_in, global_channels, group_size).to(
+            self.global_conv = WholeInputConvReLU(global_in, global_channels, group_size).to(
                 memory_format=torch.channels_last)
-            self.global_fc = nn.Conv2d(global_channels, global_channels, 1)
+            self.global_fc = WholeInputConvReLU(global_channels, global_channels, 1)
             init += [dict(type='Normal', std=0.01, bias=0, override=dict(name='global_conv')),
                      dict(type='Normal', std=0.01, bias=0, override=dict(name='global_fc')),
                      dict(type='Normal', std=0.01, bias=0, override=dict(name='fc_cls')),
@@ -387,14 +412,7 @@ class CoupledBBoxHead(BBoxHead):
                 raise ValueError(f'CoupledBBoxHead: global RoI features are {tuple(global_feats.shape[-2:])}, '
                                  f'expected {self.group_size}x{self.group_size}; set the RoI layer '
                                  f'output_size to group_size')
-            # On a k x k input the k x k conv (and then the 1x1 conv) is one matrix product per RoI batch;
-            # computed as such (same weights) it is faster on the CPU (2026-11-25, 2 busy cores: 300 RoIs of
-            # 2048 x 7 x 7 -> 1024, 1.0 s vs the conv's 5.2 s, 5.0 vs 37.7 s with backward; the shapes
-            # configs' 512 RoIs of 256 x 7 x 7 -> 128, 41 vs 108 ms, 0.20 vs 0.65 s with backward), and no
-            # slower on a GPU (H200, 2026-11-26, 300 RoIs: 2.07 ms in fp32 vs 2.19 ms for cuDNN's TF32 conv,
-            # which also takes a 500 MB workspace; a split-K form saved 0.3 ms at inference but slowed training).
-            g = linear_relu(*kxk_operands(global_feats, self.global_conv.weight), self.global_conv.bias)
-            g = linear_relu(g, self.global_fc.weight.flatten(1), self.global_fc.bias)
+            g = self.global_fc(self.global_conv(global_feats))  # (n, global_channels)
             branch_cls.append(self.fc_cls(g))
             branch_reg.append(self.fc_reg(g))
         if not self.coupled:
