@@ -68,6 +68,21 @@ def test_demo_writes_the_figure(shapes_checkpoint, shapes_images, tmp_path, caps
     assert out == str(tmp_path / 'fig.png') and (tmp_path / 'fig.png').stat().st_size > 10_000
     with pytest.raises(SystemExit, match='not found'):
         demo.main(['missing.jpg'] + model_args)
+    # A folder stands for its images, sorted by name (not its subfolders or other files).
+    folder = tmp_path / 'images'
+    (folder / 'sub').mkdir(parents=True)
+    for i, image in enumerate(shapes_images[:2]):
+        (folder / f'{1 - i}.PNG').write_bytes(Path(image).read_bytes())
+    (folder / 'notes.txt').write_text('not an image')
+    (folder / 'sub' / 'x.png').write_bytes(Path(shapes_images[0]).read_bytes())
+    assert demo._expand_folders([str(folder), shapes_images[0]]) == [
+        str(folder / '0.PNG'), str(folder / '1.PNG'), shapes_images[0]]
+    out = demo.main([str(folder)] + model_args + ['--out', str(tmp_path / 'folder.png')])
+    assert Path(out).stat().st_size > 10_000
+    (tmp_path / 'no_images').mkdir()
+    (tmp_path / 'no_images' / 'notes.txt').write_text('not an image')
+    with pytest.raises(SystemExit, match=r'folder .*no_images holds no images \(\.jpg.*name image files or a folder'):
+        demo.main([str(tmp_path / 'no_images')] + model_args)
     before = Path(shapes_images[1]).read_bytes()
     with pytest.raises(SystemExit, match=r'--out .* is one of the inputs and would be overwritten'):
         demo.main(shapes_images + model_args + ['--out', shapes_images[1]])

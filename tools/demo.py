@@ -1,11 +1,13 @@
 """Detections and attention maps side by side (the paper's Fig. 5), on CPU or GPU.
 
-    python tools/demo.py IMAGE [IMAGE ...] --config CONFIG --checkpoint CKPT [--out demo.png]
+    python tools/demo.py IMAGE|FOLDER [...] --config CONFIG --checkpoint CKPT [--out demo.png]
                          [--device cpu|cuda:0] [--score-thr 0.3]
 
-One row per image: the detections, then one panel per attention block (strides 4, 8, 16).
+One row per image: the detections, then one panel per attention block (strides 4, 8, 16). A folder
+stands for the images in it (not its subfolders), sorted by name, as DetInferencer reads one.
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
@@ -15,7 +17,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 def main(argv=None):
     from projects.acouplenet.runtime import device_arg, folder_arg_or_exit
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('images', nargs='+', help='image files')
+    parser.add_argument('images', nargs='+', help='image files, or folders of them')
     parser.add_argument('--config', required=True)
     parser.add_argument('--checkpoint', required=True)
     parser.add_argument('--out', default='demo.png', help='picture to write (PNG; any format matplotlib writes)')
@@ -31,6 +33,7 @@ def main(argv=None):
         parser.error(f'--out {args.out}: cannot write .{extension} pictures; name a .png file (or one of '
                      f'{", ".join(sorted(formats))})')
     folder_arg_or_exit(osp.dirname(osp.abspath(args.out)), "--out's folder")
+    args.images = _expand_folders(args.images)
     missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')
@@ -46,6 +49,23 @@ def main(argv=None):
         sys.exit(f'error: {exc}')
     print(out)
     return out
+
+
+def _expand_folders(paths):
+    """Each folder in ``paths`` replaced by its image files (DetInferencer's extensions), sorted by name."""
+    from mmdet.apis.det_inferencer import IMG_EXTENSIONS
+    images = []
+    for path in paths:
+        if not osp.isdir(path):
+            images.append(path)
+            continue
+        found = sorted(osp.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(IMG_EXTENSIONS) and osp.isfile(osp.join(path, name)))
+        if not found:
+            sys.exit(f'error: folder {path} holds no images ({", ".join(IMG_EXTENSIONS)}); '
+                     f'name image files or a folder of them')
+        images += found
+    return images
 
 
 if __name__ == '__main__':
