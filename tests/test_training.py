@@ -119,7 +119,8 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     with pytest.raises(SystemExit, match=r'dataset sha256 0000000000000000 \(the data there now: [0-9a-f]{16}\)'):
         bench.main(args + ['--seed', '0'])
 
-    # The seed table's paired gaps: each model minus CoupleNet at the same seed, then their mean.
+    # The seed table's paired gaps: each model minus CoupleNet at the same seed, then their mean and its
+    # standard error (sample standard deviation of the gaps, 4.24, over sqrt(2)).
     def with_ap(report, ap):
         return dict(report, metrics=dict(report['metrics'], bbox_mAP=ap))
 
@@ -128,7 +129,9 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     rows = bench.seed_table(runs, [0, 1], ['couplenet', 'rfcn']).splitlines()
     assert rows[0] == '| Model | seed 0 | seed 1 | mean | paired gap to CoupleNet |'
     assert rows[2] == '| CoupleNet | 35.0 | 32.0 | 33.5 | - |'
-    assert rows[3] == '| R-FCN (local only) | 30.0 | 33.0 | 31.5 | -5.0, +1.0 (mean -2.0) |'
+    assert rows[3] == '| R-FCN (local only) | 30.0 | 33.0 | 31.5 | -5.0, +1.0 (mean -2.0, standard error 3.0) |'
+    rows = bench.seed_table({0: runs[0]}, [0], ['couplenet', 'rfcn']).splitlines()
+    assert rows[3] == '| R-FCN (local only) | 30.0 | 30.0 | -5.0 (mean -5.0) |'  # one seed: no spread
 
 
 def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():

@@ -9,14 +9,16 @@ is none or with `--data-seed`), in `<work-dir>/seed<S>/<model>`; results are col
 report.json into `<work-dir>/benchmark.md` and `benchmark.json`. A run whose report exists is reused, so an interrupted
 benchmark continues; a report of another run (seed, iterations, config, overrides or dataset) is refused,
 not reused. With several seeds a last table gives each model's AP by seed, its mean and, where CoupleNet
-is among the models, the paired gap to CoupleNet at each seed: on this small dataset the seed moves AP
-by several points, as much as the differences between the models.
+is among the models, the paired gap to CoupleNet at each seed, with the mean gap and its standard error:
+on this small dataset the seed moves AP by several points, as much as the differences between the models.
 """
 import argparse
 import functools
 import json
+import math
 import os
 import os.path as osp
+import statistics
 import subprocess
 import sys
 
@@ -94,7 +96,10 @@ def seed_table(reports: dict, seeds: list, models: list) -> str:
                 line += ' - |'
             else:
                 gaps = [ap(s, key) - ap(s, 'couplenet') for s in seeds]
-                line += f' {", ".join(f"{g:+.1f}" for g in gaps)} (mean {sum(gaps) / len(gaps):+.1f}) |'
+                summary = f'mean {statistics.mean(gaps):+.1f}'
+                if len(gaps) > 1:  # of the mean: the gaps' sample standard deviation / sqrt(seeds)
+                    summary += f', standard error {statistics.stdev(gaps) / math.sqrt(len(gaps)):.1f}'
+                line += f' {", ".join(f"{g:+.1f}" for g in gaps)} ({summary}) |'
         lines.append(line)
     return '\n'.join(lines)
 
