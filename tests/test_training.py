@@ -97,6 +97,15 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     text = (tmp_path / 'benchmark.md').read_text()
     assert 'Seed 0:' in text and 'Seed 1:' in text and '| Model | seed 0 | seed 1 | mean |' in text
     mtime = report_path.stat().st_mtime
+    # --collect-only reads what is there and trains nothing: seed 2 was never run.
+    summary = (tmp_path / 'benchmark.md').read_text()
+    collected = bench.main(args + ['--seed', '0', '1', '2', '--collect-only'])
+    assert collected[2] == {'rfcn': None} and collected[1]['rfcn'] == reports[1]['rfcn']
+    assert not (tmp_path / 'seed2').exists() and (tmp_path / 'benchmark.md').read_text() == summary
+    with pytest.raises(SystemExit, match=r'none of the asked runs .seeds \[2\].*without --collect-only'):
+        bench.main(args + ['--seed', '2', '--collect-only'])
+    with pytest.raises(SystemExit, match=r'--work-dir .*nowhere does not exist; --collect-only reads'):
+        bench.main(args[:-1] + [str(tmp_path / 'nowhere'), '--collect-only'])
     assert bench.main(args + ['--seed', '1'])[1]['rfcn'] == reports[1]['rfcn']  # reused, not retrained
     assert report_path.stat().st_mtime == mtime
     assert 'Shapes dataset (seed 1), 8 train / 4 val images' in (tmp_path / 'benchmark.md').read_text()
@@ -132,6 +141,12 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     assert rows[3] == '| R-FCN (local only) | 30.0 | 33.0 | 31.5 | -5.0, +1.0 (mean -2.0, standard error 3.0) |'
     rows = bench.seed_table({0: runs[0]}, [0], ['couplenet', 'rfcn']).splitlines()
     assert rows[3] == '| R-FCN (local only) | 30.0 | 30.0 | -5.0 (mean -5.0) |'  # one seed: no spread
+    # A missing run is a '-', left out of its model's mean and of the paired gaps, which say over how many.
+    runs[2] = {'couplenet': with_ap(reports[1]['rfcn'], 0.40), 'rfcn': None}
+    rows = bench.seed_table(runs, [0, 1, 2], ['couplenet', 'rfcn']).splitlines()
+    assert rows[2] == '| CoupleNet | 35.0 | 32.0 | 40.0 | 35.7 | - |'
+    assert rows[3] == ('| R-FCN (local only) | 30.0 | 33.0 | - | 31.5 over 2 seeds | -5.0, +1.0, - '
+                       '(mean -2.0 over 2 seeds, standard error 3.0) |')
 
 
 def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():

@@ -1,7 +1,7 @@
 """Train and evaluate the shapes configs at the same budget and seed(s); print one table per seed.
 
     python tools/benchmark_shapes.py [--iters N] [--seed S [S ...]] [--work-dir DIR] [--data-root DIR]
-                                     [--data-seed S] [--models acouplenet couplenet ...]
+                                     [--data-seed S] [--models acouplenet couplenet ...] [--collect-only]
 
 Each model runs as its own `tools/main_job.py` process (so its peak memory is its own) on the same
 generated dataset, whatever the training seed (the one at `--data-root`, generated with seed 0 where there
@@ -11,6 +11,8 @@ benchmark continues; a report of another run (seed, iterations, config, override
 not reused. With several seeds a last table gives each model's AP by seed, its mean and, where CoupleNet
 is among the models, the paired gap to CoupleNet at each seed, with the mean gap and its standard error:
 on this small dataset the seed moves AP by several points, as much as the differences between the models.
+`--collect-only` prints the tables of the runs that are there and trains nothing (while a benchmark is still
+running, or to read a grid of which some runs were never made): a missing run shows as `-`.
 """
 import argparse
 import functools
@@ -21,6 +23,7 @@ import os.path as osp
 import statistics
 import subprocess
 import sys
+from typing import Optional
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)  # for projects.acouplenet without an installed package
@@ -64,6 +67,9 @@ def parse_args(argv=None):
                         help="seed of the dataset every run shares (default: the dataset at --data-root, or "
                         "one generated with seed 0 where there is none); see main_job's --data-seed")
     parser.add_argument('--models', nargs='+', choices=list(MODELS), default=DEFAULT_MODELS)
+    parser.add_argument('--collect-only', action='store_true',
+                        help='print the tables of the finished runs in --work-dir and train nothing; a missing run '
+                        'shows as "-" (benchmark.md and benchmark.json are left as they are)')
     return parser.parse_args(argv)
 
 
@@ -79,9 +85,17 @@ def table(rows) -> str:
 
 
 def seed_table(reports: dict, seeds: list, models: list) -> str:
-    """AP of each model at each seed, the mean, and the paired gaps to CoupleNet (``reports[seed][key]``)."""
+    """AP of each model at each seed, the mean, and the paired gaps to CoupleNet (``reports[seed][key]``).
+
+    A run that is missing (None, or no key) shows as ``-`` and leaves its seed out of that model's mean and,
+    with its CoupleNet run, out of the paired gaps; a mean over fewer seeds than the table's says over how many.
+    """
     def ap(seed, key):
-        return 100 * reports[seed][key]['metrics']['bbox_mAP']
+        report = reports.get(seed, {}).get(key)
+        return None if report is None else 100 * report['metrics']['bbox_mAP']
+
+    def over(count):
+        return f' over {count} seeds' if count < len(seeds) else ''
 
     paired = 'couplenet' in models
     lines = ['| Model | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean |'
@@ -89,17 +103,20 @@ def seed_table(reports: dict, seeds: list, models: list) -> str:
              '|---|' + '---|' * (len(seeds) + 1) + ('---|' if paired else '')]
     for key in models:
         values = [ap(s, key) for s in seeds]
-        line = (f'| {MODELS[key][0]} | ' + ' | '.join(f'{v:.1f}' for v in values)
-                + f' | {sum(values) / len(values):.1f} |')
+        present = [v for v in values if v is not None]
+        mean = f'{statistics.mean(present):.1f}{over(len(present))}' if present else '-'
+        line = f'| {MODELS[key][0]} | ' + ' | '.join('-' if v is None else f'{v:.1f}' for v in values) + f' | {mean} |'
         if paired:
-            if key == 'couplenet':
+            pairs = [(ap(s, key), ap(s, 'couplenet')) for s in seeds]
+            gaps = [None if None in pair else pair[0] - pair[1] for pair in pairs]
+            known = [g for g in gaps if g is not None]
+            if key == 'couplenet' or not known:
                 line += ' - |'
             else:
-                gaps = [ap(s, key) - ap(s, 'couplenet') for s in seeds]
-                summary = f'mean {statistics.mean(gaps):+.1f}'
-                if len(gaps) > 1:  # of the mean: the gaps' sample standard deviation / sqrt(seeds)
-                    summary += f', standard error {statistics.stdev(gaps) / math.sqrt(len(gaps)):.1f}'
-                line += f' {", ".join(f"{g:+.1f}" for g in gaps)} ({summary}) |'
+                summary = f'mean {statistics.mean(known):+.1f}{over(len(known))}'
+                if len(known) > 1:  # of the mean: the gaps' sample standard deviation / sqrt(seeds)
+                    summary += f', standard error {statistics.stdev(known) / math.sqrt(len(known)):.1f}'
+                line += f' {", ".join("-" if g is None else f"{g:+.1f}" for g in gaps)} ({summary}) |'
         lines.append(line)
     return '\n'.join(lines)
 
@@ -141,11 +158,15 @@ def check_reusable(report: dict, report_path: str, expected: dict) -> None:
                          '--work-dir, or delete that run\'s folder to train it again.')
 
 
-def run(key: str, seed: int, args) -> dict:
-    """The report of ``key`` trained at ``seed``: reused when its run is there, else trained now."""
+def run(key: str, seed: int, args) -> Optional[dict]:
+    """The report of ``key`` trained at ``seed``: reused when its run is there, else trained now (with
+    ``--collect-only``: None)."""
     name, config, options = MODELS[key]
     work_dir = osp.join(args.work_dir, f'seed{seed}', key)
     report_path = osp.join(work_dir, 'report.json')
+    if not osp.isfile(report_path) and args.collect_only:
+        print(f'[benchmark] {name}, seed {seed}: not run ({report_path} does not exist)', flush=True)
+        return None
     if osp.isfile(report_path):
         report = load_report(report_path)
         iterations = default_iterations(config) if args.iters is None else args.iters
@@ -177,19 +198,32 @@ def main(argv=None):
     args.work_dir, args.data_root = osp.abspath(args.work_dir), osp.abspath(args.data_root)
     dataset_fingerprint.cache_clear()  # the data may have been generated again since an earlier call
     from projects.acouplenet.runtime import folder_arg_or_exit
-    os.makedirs(folder_arg_or_exit(args.work_dir, '--work-dir'), exist_ok=True)
+    if args.collect_only:
+        if not osp.isdir(args.work_dir):
+            raise SystemExit(f'error: --work-dir {args.work_dir} does not exist; --collect-only reads the runs of '
+                             'an earlier benchmark there (give its --work-dir)')
+    else:
+        os.makedirs(folder_arg_or_exit(args.work_dir, '--work-dir'), exist_ok=True)
     reports = {seed: {key: run(key, seed, args) for key in args.models} for seed in args.seeds}
-    first = reports[args.seeds[0]][args.models[0]]
-    iters = {r['iterations'] for by_key in reports.values() for r in by_key.values()}
+    finished = [r for by_key in reports.values() for r in by_key.values() if r is not None]
+    if not finished:
+        raise SystemExit(f'error: none of the asked runs (seeds {args.seeds}, models {args.models}) has finished '
+                         f'under {args.work_dir}; run without --collect-only to train them')
+    first = finished[0]
+    iters = {r['iterations'] for r in finished}
     header = (f'Shapes dataset (seed {first["dataset"]["seed"]}), {first["dataset"]["train_images"]} train / '
               f'{first["dataset"]["val_images"]} val images; {"/".join(map(str, sorted(iters)))} iterations of '
               f'{first["batch_size"]} images; COCO box AP on val.')
     parts = [header]
     for seed, by_key in reports.items():
-        parts += [f'Seed {seed}:', table([(MODELS[key][0], r) for key, r in by_key.items()])]
+        rows = [(MODELS[key][0], r) for key, r in by_key.items() if r is not None]
+        parts += [f'Seed {seed}:', table(rows) if rows else 'no finished runs']
     if len(args.seeds) > 1:
         parts += ['AP by seed:', seed_table(reports, args.seeds, args.models)]
     text = '\n\n'.join(parts)
+    if args.collect_only:
+        print(text)
+        return reports
     from projects.acouplenet.fileio import atomic_write
     atomic_write(text + '\n', osp.join(args.work_dir, 'benchmark.md'))
     atomic_write(json.dumps({str(seed): {MODELS[key][0]: r for key, r in by_key.items()}
