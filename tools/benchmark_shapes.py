@@ -164,9 +164,6 @@ def run(key: str, seed: int, args) -> Optional[dict]:
     name, config, options = MODELS[key]
     work_dir = osp.join(args.work_dir, f'seed{seed}', key)
     report_path = osp.join(work_dir, 'report.json')
-    if not osp.isfile(report_path) and args.collect_only:
-        print(f'[benchmark] {name}, seed {seed}: not run ({report_path} does not exist)', flush=True)
-        return None
     if osp.isfile(report_path):
         report = load_report(report_path)
         iterations = default_iterations(config) if args.iters is None else args.iters
@@ -176,6 +173,9 @@ def run(key: str, seed: int, args) -> Optional[dict]:
         check_reusable(report, report_path, expected)
         print(f'[benchmark] {name}, seed {seed}: reusing {report_path}', flush=True)
         return report
+    if args.collect_only:
+        print(f'[benchmark] {name}, seed {seed}: not run ({report_path} does not exist)', flush=True)
+        return None
     cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), '--config', config, '--work-dir', work_dir,
            '--data-root', args.data_root, '--seed', str(seed)]
     if args.iters is not None:
