@@ -98,6 +98,7 @@ def seed_table(reports: dict, seeds: list, models: list) -> str:
         return f' over {count} seeds' if count < len(seeds) else ''
 
     paired = 'couplenet' in models
+    baseline = [ap(s, 'couplenet') for s in seeds] if paired else []
     lines = ['| Model | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | mean |'
              + (' paired gap to CoupleNet |' if paired else ''),
              '|---|' + '---|' * (len(seeds) + 1) + ('---|' if paired else '')]
@@ -107,8 +108,7 @@ def seed_table(reports: dict, seeds: list, models: list) -> str:
         mean = f'{statistics.mean(present):.1f}{over(len(present))}' if present else '-'
         line = f'| {MODELS[key][0]} | ' + ' | '.join('-' if v is None else f'{v:.1f}' for v in values) + f' | {mean} |'
         if paired:
-            pairs = [(ap(s, key), ap(s, 'couplenet')) for s in seeds]
-            gaps = [None if None in pair else pair[0] - pair[1] for pair in pairs]
+            gaps = [None if v is None or b is None else v - b for v, b in zip(values, baseline)]
             known = [g for g in gaps if g is not None]
             if key == 'couplenet' or not known:
                 line += ' - |'
