@@ -106,6 +106,8 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
         bench.main(args + ['--seed', '2', '--collect-only'])
     with pytest.raises(SystemExit, match=r'--work-dir .*nowhere does not exist; --collect-only reads'):
         bench.main(args[:-1] + [str(tmp_path / 'nowhere'), '--collect-only'])
+    with pytest.raises(SystemExit, match=r'--work-dir .*benchmark.md is a file, not a folder; --collect-only'):
+        bench.main(args[:-1] + [str(tmp_path / 'benchmark.md'), '--collect-only'])
     assert bench.main(args + ['--seed', '1'])[1]['rfcn'] == reports[1]['rfcn']  # reused, not retrained
     assert report_path.stat().st_mtime == mtime
     assert 'Shapes dataset (seed 1), 8 train / 4 val images' in (tmp_path / 'benchmark.md').read_text()

@@ -200,7 +200,8 @@ def main(argv=None):
     from projects.acouplenet.runtime import folder_arg_or_exit
     if args.collect_only:
         if not osp.isdir(args.work_dir):
-            raise SystemExit(f'error: --work-dir {args.work_dir} does not exist; --collect-only reads the runs of '
+            problem = 'is a file, not a folder' if osp.exists(args.work_dir) else 'does not exist'
+            raise SystemExit(f'error: --work-dir {args.work_dir} {problem}; --collect-only reads the runs of '
                              'an earlier benchmark there (give its --work-dir)')
     else:
         os.makedirs(folder_arg_or_exit(args.work_dir, '--work-dir'), exist_ok=True)
