@@ -82,7 +82,7 @@ if ! mmcv_ops_ok; then
   cached=("$CACHE_DIR"/mmcv-"$MMCV_VERSION"-*.whl)
   shopt -u nullglob
   if (( ${#cached[@]} == 0 )); then
-    log "building mmcv $MMCV_VERSION with ops against $TORCH_TAG (10-15 minutes on 2 cores, once per torch version)"
+    log "building mmcv $MMCV_VERSION with ops against $TORCH_TAG (10-20 minutes on 2 cores, once per torch version)"
     mkdir -p "$CACHE_DIR"
     build_dir="$(mktemp -d "$CACHE_DIR/.build.XXXXXX")"
     trap 'rm -rf "$build_dir"' EXIT
