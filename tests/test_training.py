@@ -1,11 +1,13 @@
 """Training like an MMDetection user, on a tiny generated dataset: the main job, loss going down,
 exact resume, DDP on CPU, mim, AMP on CPU and the NaN guard."""
+import copy
 import json
 import math
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from mmdet.registry import HOOKS
+from projects.acouplenet.safe_loading import load_checkpoint_file
 from projects.acouplenet.shapes import fingerprint
 
 from .conftest import REPO, SHAPES_CONFIG, load_tool, tiny_train_cfg
@@ -85,6 +88,77 @@ def test_main_job_end_to_end(tmp_path):
     assert f'threads, torch {torch.__version__}' in markdown
     assert (work_dir / 'detections_and_attention.png').stat().st_size > 10_000
     assert report['metrics'] == saved['metrics']
+
+
+def test_fit_iterations_keeps_what_fits_in_hundreds_and_nothing_where_nothing_does():
+    main_job = load_tool('main_job')
+    # 200 val images at 1 s/iter: 0.3 * 200 s of evaluation and 20 s for the figure after training.
+    assert main_job.seconds_after_training(1.0, 200) == pytest.approx(80)
+    assert main_job.fit_iterations(2000, 0.3, 1140, 200) == 2000  # 600 + 38 s: all of them
+    assert main_job.fit_iterations(2000, 1.0, 1080, 200) == 1000  # 1000 s for training
+    assert main_job.fit_iterations(2000, 1.0, 1079, 200) == 900  # 999 fit: rounded down to hundreds
+    assert main_job.fit_iterations(2000, 1.0, 80 + 57.5, 200) == 57  # fewer than 100: as many as fit
+    assert main_job.fit_iterations(2000, 1.0, 80.5, 200) == 0
+    assert main_job.fit_iterations(2000, 1.0, -5, 200) == 0
+
+
+def test_main_job_shortens_a_schedule_that_would_not_fit_its_time_budget(tmp_path, monkeypatch, capsys):
+    main_job = load_tool('main_job')
+    for value, message in (('-1', 'must be 0 (no budget) or more minutes, got -1'),
+                           ('nan', 'must be 0 (no budget) or more minutes, got nan'),
+                           ('20m', "'20m' is not a number of minutes")):
+        with pytest.raises(SystemExit):
+            main_job.parse_args(['--time-budget', value])
+        assert f'argument --time-budget: {message}' in capsys.readouterr().err
+    monkeypatch.setattr(main_job, 'measure_seconds_per_iter', lambda cfg: 1.0)  # a machine at 1 s/iter
+    args = main_job.parse_args(['--work-dir', str(tmp_path / 'work')])
+    cfg = main_job.build_cfg(args)
+    planned = copy.deepcopy(cfg.param_scheduler)
+    assert cfg.train_cfg.max_iters == 2000
+    # 1140 of the 20 minutes (5% kept back), 80 s of them after training: 1060 iterations fit.
+    schedule = main_job.fit_to_budget(cfg, args, time.time(), 200)
+    assert schedule == dict(time_budget_minutes=20.0, planned_iterations=2000, timed_seconds_per_iter=1.0)
+    assert cfg.train_cfg.max_iters == 1000 and cfg.default_hooks.checkpoint.interval == 1000
+    for before, after in zip(planned, cfg.param_scheduler):  # warm-up and cosine decay at half their length
+        assert [after.get(k) for k in ('begin', 'end', 'T_max')] == [
+            before[k] // 2 if k in before else None for k in ('begin', 'end', 'T_max')]
+    out = capsys.readouterr().out
+    assert ("the config's 2000 iterations would take 33 minutes, over the 20-minute budget; training 1000 "
+            "iterations instead" in out and '--iters 2000 trains them all' in out)
+    line, = main_job.schedule_lines(dict(schedule, iterations=1000))
+    assert line == ("- schedule: **1000 of the config's 2000 iterations**, to fit the 20-minute budget (timed at "
+                    "1.000 s/iter here); `--iters 2000` trains them all")
+    # --iters N trains N iterations, and --time-budget 0 the config's, whatever they take: no timing.
+    for argv, iters in ((['--iters', '1500'], 1500), (['--time-budget', '0'], 2000)):
+        args = main_job.parse_args(['--work-dir', str(tmp_path / 'work'), *argv])
+        cfg = main_job.build_cfg(args)
+        assert main_job.fit_to_budget(cfg, args, time.time() - 3600, 200) == dict(
+            time_budget_minutes=None, planned_iterations=iters, timed_seconds_per_iter=None)
+        assert cfg.train_cfg.max_iters == iters
+    assert main_job.schedule_lines(dict(schedule, time_budget_minutes=None)) == []  # no line without a budget
+
+
+def test_main_job_times_itself_without_changing_the_training_and_refuses_a_budget_too_small(tmp_path, tiny_shapes):
+    main_job = load_tool('main_job')
+    # (no data-loader workers: 2 iterations of 4 of the 8 images restart the loader at every other iteration)
+    common = ['--data-root', str(tiny_shapes), '--figure-images', '1', '--cfg-options', 'train_cfg.max_iters=2',
+              'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False']
+    untimed = main_job.main(['--work-dir', str(tmp_path / 'untimed'), '--time-budget', '0', *common])
+    timed = main_job.main(['--work-dir', str(tmp_path / 'timed'), *common])
+    assert untimed['time_budget_minutes'] is None and untimed['timed_seconds_per_iter'] is None
+    assert timed['time_budget_minutes'] == 20 and timed['timed_seconds_per_iter'] > 0
+    assert timed['iterations'] == timed['planned_iterations'] == 2
+    assert (f"- schedule: the config's 2 iterations (timed at {timed['timed_seconds_per_iter']:.3f} s/iter here: "
+            'they fit the 20-minute budget)') in (tmp_path / 'timed' / 'report.md').read_text()
+    # The run seeds everything again when it is built: the timing before it leaves its weights as they were.
+    weights = [load_checkpoint_file(str(tmp_path / run / 'iter_2.pth'))['state_dict'] for run in ('untimed', 'timed')]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert timed['metrics'] == untimed['metrics']
+    with pytest.raises(SystemExit, match=r'the 0\.01-minute --time-budget leaves no time to train here: .* raise '
+                                         r'--time-budget, or pass --iters N to train N iterations whatever they take'):
+        main_job.main(['--work-dir', str(tmp_path / 'too_small'), '--time-budget', '0.01', *common])
+    assert not (tmp_path / 'too_small').exists()
 
 
 def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tmp_path, tiny_shapes):

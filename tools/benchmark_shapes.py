@@ -176,8 +176,9 @@ def run(key: str, seed: int, args) -> Optional[dict]:
     if args.collect_only:
         print(f'[benchmark] {name}, seed {seed}: not run ({report_path} does not exist)', flush=True)
         return None
+    # No time budget: every model trains the same schedule, however long it takes on this machine.
     cmd = [sys.executable, osp.join(REPO, 'tools', 'main_job.py'), '--config', config, '--work-dir', work_dir,
-           '--data-root', args.data_root, '--seed', str(seed)]
+           '--data-root', args.data_root, '--seed', str(seed), '--time-budget', '0']
     if args.iters is not None:
         cmd += ['--iters', str(args.iters)]
     if args.data_seed is not None:

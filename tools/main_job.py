@@ -2,16 +2,25 @@
 on its val split and write a report (markdown + json) and a picture of detections and attention maps.
 
     python tools/main_job.py [--config CONFIG] [--work-dir DIR] [--data-root DIR] [--iters N]
-                             [--num-train N] [--num-val N] [--seed S] [--data-seed S]
+                             [--time-budget MIN] [--num-train N] [--num-val N] [--seed S] [--data-seed S]
 
 `bash tools/main_job.sh` runs the environment setup first (the README's command).
+
+The job is sized for 20 minutes on 2 CPU cores (--time-budget): it times a few training iterations on
+this machine first, and where the config's schedule would not fit, trains a shorter one (the learning-rate
+schedule scaled alike) and says so in its log and report. --iters N trains N iterations whatever they take.
 """
 import argparse
+import copy
+import gc
 import json
+import math
 import os.path as osp
 import sys
+import tempfile
 import time
 
+import numpy as np
 from mmengine.config import DictAction
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -19,6 +28,22 @@ sys.path.insert(0, REPO)
 
 DEFAULT_CONFIG = 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
 METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
+# Evaluation takes about a quarter of a training iteration per val image on the hosts seen (the AVX2
+# host: 42 s for 200 images at 0.95 s/iter); with the figure, what the budget keeps after training.
+EVAL_SECONDS_PER_IMAGE_PER_ITER_SECOND = 0.3
+FIGURE_SECONDS = 20.0
+BUDGET_MARGIN = 0.05  # of the budget: the real run's start-up and its slower first iterations
+
+
+def minutes_arg(value: str) -> float:
+    """``--time-budget``: minutes, 0 (no budget) or more."""
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a number of minutes') from None
+    if not (math.isfinite(minutes) and minutes >= 0):
+        raise argparse.ArgumentTypeError(f'must be 0 (no budget) or more minutes, got {value}')
+    return minutes
 
 
 def parse_args(argv=None):
@@ -27,7 +52,12 @@ def parse_args(argv=None):
     parser.add_argument('--config', default=DEFAULT_CONFIG, help='config to train (default: %(default)s)')
     parser.add_argument('--work-dir', default='work_dirs/main_job', help='logs, checkpoint and report')
     parser.add_argument('--data-root', default='data/shapes', help='where the generated dataset lives')
-    parser.add_argument('--iters', type=count_arg(), help='training iterations (default: the config\'s)')
+    parser.add_argument('--iters', type=count_arg(),
+                        help='training iterations, whatever they take (default: the config\'s, or fewer where they '
+                        'would not fit --time-budget)')
+    parser.add_argument('--time-budget', type=minutes_arg, default=20.0, metavar='MIN',
+                        help='minutes for the whole job without --iters: a shorter schedule where a timing of a few '
+                        'iterations says the config\'s would not fit; 0 = no budget (default: %(default)s)')
     parser.add_argument('--num-train', type=count_arg(), help='train images to generate (default: the generator\'s)')
     parser.add_argument('--num-val', type=count_arg(), help='val images to generate (default: the generator\'s)')
     parser.add_argument('--seed', type=seed_arg, default=0, help='seed of training (default: %(default)s)')
@@ -116,6 +146,91 @@ def build_cfg(args):
     return prepare_cfg(cfg)
 
 
+def measure_seconds_per_iter(cfg, iters: int = 8, warmup: int = 3) -> float:
+    """Seconds one training iteration of ``cfg`` takes on this machine: the median of ``iters`` iterations
+    (after ``warmup`` more, whose allocations and data-loader start make them slower) of a throwaway runner
+    (the median, as a data loader that restarts at the end of a tiny dataset makes a few iterations slow).
+
+    The runner logs only warnings, writes into a temporary folder, saves no
+    checkpoint and has a logger, message hub and visualizer of its own; the
+    real run, which seeds everything again when it is built, trains exactly as
+    without this timing.
+    """
+    from mmengine.runner import Runner
+
+    from projects.acouplenet.runtime import set_iterations
+    # (no more than the run itself has: a run of a few iterations is timed in a few)
+    iters = min(iters, cfg.train_cfg.max_iters)
+    warmup = min(warmup, iters)
+    probe = copy.deepcopy(cfg)
+    set_iterations(probe, warmup + iters)
+    probe.default_hooks.checkpoint = None
+    probe.log_level = 'WARNING'
+    probe.experiment_name = probe.visualizer.name = f'main_job_timing_{time.time_ns()}'
+    with tempfile.TemporaryDirectory(prefix='main_job_timing_') as tmp:
+        probe.work_dir = tmp
+        runner = Runner.from_cfg(probe)
+        runner.train()
+        seconds = runner.message_hub.get_scalar('train/time').data[0][warmup:]
+        del runner
+        gc.collect()  # ends its persistent data-loader workers before the real run starts its own
+    return float(np.median(seconds))
+
+
+def seconds_after_training(seconds_per_iter: float, val_images: int) -> float:
+    """About how long the evaluation of ``val_images`` images and the figure take, from the training speed."""
+    return val_images * EVAL_SECONDS_PER_IMAGE_PER_ITER_SECOND * seconds_per_iter + FIGURE_SECONDS
+
+
+def fit_iterations(planned: int, seconds_per_iter: float, seconds_left: float, val_images: int) -> int:
+    """The iterations of a schedule of ``planned`` that fit in ``seconds_left`` with the evaluation of
+    ``val_images`` images and the figure after them; rounded down to a multiple of 100 (where 100 fit) so
+    that a little timing noise picks the same schedule; ``planned`` where they all fit, 0 where none does.
+    """
+    seconds_for_training = seconds_left - seconds_after_training(seconds_per_iter, val_images)
+    fitting = max(int(seconds_for_training // seconds_per_iter), 0)
+    if fitting >= planned:
+        return planned
+    return fitting // 100 * 100 if fitting >= 100 else fitting
+
+
+def fit_to_budget(cfg, args, started: float, val_images: int) -> dict:
+    """Shorten ``cfg``'s schedule in place where it would not fit ``args.time_budget`` minutes from
+    ``started``; what was planned, measured and chosen (for the report)."""
+    from projects.acouplenet.runtime import set_iterations
+    planned = cfg.train_cfg.max_iters
+    applies = args.iters is None and args.time_budget > 0
+    schedule = dict(time_budget_minutes=args.time_budget if applies else None, planned_iterations=planned,
+                    timed_seconds_per_iter=None)
+    if not applies:
+        return schedule
+    print(f'[main_job] timing a few training iterations to fit the {args.time_budget:g}-minute budget', flush=True)
+    seconds_per_iter = measure_seconds_per_iter(cfg)
+    budget = 60 * args.time_budget
+    seconds_left = budget * (1 - BUDGET_MARGIN) - (time.time() - started)
+    iters = fit_iterations(planned, seconds_per_iter, seconds_left, val_images)
+    schedule['timed_seconds_per_iter'] = seconds_per_iter
+    if iters == 0:
+        raise SystemExit(f'error: the {args.time_budget:g}-minute --time-budget leaves no time to train here: '
+                         f'{time.time() - started:.0f} s went to the data and the timing, an iteration takes '
+                         f'{seconds_per_iter:.2f} s and the evaluation and the figure about '
+                         f'{seconds_after_training(seconds_per_iter, val_images):.0f} s; raise --time-budget, or '
+                         f'pass --iters N to train N iterations whatever they take')
+    if iters == planned:
+        print(f'[main_job] {seconds_per_iter:.3f} s/iter: the config\'s {planned} iterations fit the budget',
+              flush=True)
+        return schedule
+    set_iterations(cfg, iters)
+    print(f'[main_job] {seconds_per_iter:.3f} s/iter here: the config\'s {planned} iterations would take '
+          f'{planned * seconds_per_iter / 60:.0f} minutes, over the {args.time_budget:g}-minute budget; training '
+          f'{iters} iterations instead, the learning-rate schedule scaled alike (--iters {planned} trains them all, '
+          f'--time-budget to change the budget)', flush=True)
+    if iters < planned / 4:
+        print(f'[main_job] warning: {iters} of {planned} iterations are too few to learn much: expect an AP near '
+              f'zero', flush=True)
+    return schedule
+
+
 def device_name() -> str:
     """Where the runner trains: the GPU's name on CUDA (mmengine's default when one is there), else 'cpu'."""
     import torch
@@ -130,6 +245,19 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def schedule_lines(report: dict) -> list:
+    """The report's line on how the schedule met the time budget (none where no budget applied)."""
+    if report['time_budget_minutes'] is None:
+        return []
+    planned, timed = report['planned_iterations'], report['timed_seconds_per_iter']
+    if report['iterations'] == planned:
+        return [f'- schedule: the config\'s {planned} iterations (timed at {timed:.3f} s/iter here: they fit the '
+                f'{report["time_budget_minutes"]:g}-minute budget)']
+    return [f'- schedule: **{report["iterations"]} of the config\'s {planned} iterations**, to fit the '
+            f'{report["time_budget_minutes"]:g}-minute budget (timed at {timed:.3f} s/iter here); `--iters {planned}` '
+            f'trains them all']
 
 
 def write_report(work_dir: str, report: dict) -> None:
@@ -148,6 +276,7 @@ def write_report(work_dir: str, report: dict) -> None:
         f'seed {report["seed"]}',
         f'- host: {report["host"]["cpu"]} ({report["host"]["cpu_capability"]}), {report["host"]["threads"]} '
         f'threads, torch {report["host"]["torch"]}',
+        *schedule_lines(report),
         *([f'- overrides: `{" ".join(f"{k}={v}" for k, v in report["cfg_options"].items())}`']
           if report['cfg_options'] else []),
         f'- evaluation: {report["eval_seconds"]:.0f} s; peak memory {report["peak_memory_mb"]:.0f} MB; '
@@ -176,6 +305,7 @@ def main(argv=None):
     from projects.acouplenet.shapes import fingerprint
     from projects.acouplenet.visualization import attention_figure
 
+    schedule = fit_to_budget(cfg, args, started, manifest['splits']['val']['images'])
     runner = Runner.from_cfg(cfg)
     t0 = time.time()
     runner.train()
@@ -205,6 +335,7 @@ def main(argv=None):
                      sha256=fingerprint(args.data_root)),
         metrics={k: float(metrics[f'coco/{k}']) for k in METRIC_KEYS},
         iterations=cfg.train_cfg.max_iters,
+        **schedule,
         batch_size=cfg.train_dataloader.batch_size,
         train_seconds=train_seconds,
         seconds_per_iter=train_seconds / cfg.train_cfg.max_iters,
