@@ -95,8 +95,8 @@ def test_fit_iterations_keeps_what_fits_in_hundreds_and_nothing_where_nothing_do
     assert main_job.seconds_after_training(1.0, 200) == pytest.approx(80)
     assert main_job.fit_iterations(2000, 0.3, 1080, 200) == 2000  # 600 + 38 s: all of them
     assert main_job.fit_iterations(2000, 1.0, 1080, 200) == 1000  # 1000 s for training
-    assert main_job.fit_iterations(2000, 1.0, 1079, 200) == 900  # 999 fit: rounded down to hundreds
-    assert main_job.fit_iterations(2000, 1.0, 80 + 57.5, 200) == 57  # fewer than 100: as many as fit
+    assert main_job.fit_iterations(2000, 1.0, 1079, 200) == 950  # 999 fit: rounded down to fifties
+    assert main_job.fit_iterations(2000, 1.0, 80 + 37.5, 200) == 37  # fewer than 50: as many as fit
     assert main_job.fit_iterations(2000, 1.0, 80.5, 200) == 0
     assert main_job.fit_iterations(2000, 1.0, -5, 200) == 0
 
@@ -113,18 +113,18 @@ def test_main_job_shortens_a_schedule_that_would_not_fit_its_time_budget(tmp_pat
     args = main_job.parse_args(['--work-dir', str(tmp_path / 'work')])
     cfg = main_job.build_cfg(args)
     assert cfg.train_cfg.max_iters == 2000
-    # 1080 s of the 20 minutes (10% kept back), 74 s of them after training: 1117 iterations fit.
+    # 1110 s of the 20 minutes (7.5% kept back), 74 s of them after training: 1151 iterations fit.
     schedule = main_job.fit_to_budget(cfg, args, time.time(), 200)
     assert schedule == dict(time_budget_minutes=20.0, planned_iterations=2000, timed_seconds_per_iter=0.9)
-    assert cfg.train_cfg.max_iters == 1100 and cfg.default_hooks.checkpoint.interval == 1100
-    # warm-up and cosine decay at 55% of their length
-    assert [[s.get(k) for k in ('begin', 'end', 'T_max')] for s in cfg.param_scheduler] == [[0, 110, None],
-                                                                                           [110, 1100, 990]]
+    assert cfg.train_cfg.max_iters == 1150 and cfg.default_hooks.checkpoint.interval == 1150
+    # warm-up and cosine decay at 57.5% of their length
+    assert [[s.get(k) for k in ('begin', 'end', 'T_max')] for s in cfg.param_scheduler] == [[0, 115, None],
+                                                                                           [115, 1150, 1035]]
     out = capsys.readouterr().out
-    assert ("the config's 2000 iterations would take 30 minutes, over the 20-minute budget; training 1100 "
+    assert ("the config's 2000 iterations would take 30 minutes, over the 20-minute budget; training 1150 "
             "iterations instead" in out and '--iters 2000 trains them all' in out)
-    line, = main_job.schedule_lines(dict(schedule, iterations=1100))
-    assert line == ("- schedule: **1100 of the config's 2000 iterations**, to fit the 20-minute budget (timed at "
+    line, = main_job.schedule_lines(dict(schedule, iterations=1150))
+    assert line == ("- schedule: **1150 of the config's 2000 iterations**, to fit the 20-minute budget (timed at "
                     "0.900 s/iter here); `--iters 2000` trains them all")
     # --iters N trains N iterations, and --time-budget 0 the config's, whatever they take: no timing.
     for argv, iters in ((['--iters', '1500'], 1500), (['--time-budget', '0'], 2000)):

@@ -33,8 +33,9 @@ METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP
 EVAL_SECONDS_PER_IMAGE_PER_ITER_SECOND = 0.3
 FIGURE_SECONDS = 20.0
 # Of the budget, kept back: the host's load moves the speed by several percent over a run (the AVX2 host
-# timed 0.911 s/iter, then trained at 0.964 s/iter on average), and the run's own start-up.
-BUDGET_MARGIN = 0.10
+# timed 0.911 s/iter and trained at 0.964 on average, and timed 0.964 and trained at 0.937), and the run's
+# own start-up.
+BUDGET_MARGIN = 0.075
 
 
 def minutes_arg(value: str) -> float:
@@ -186,14 +187,15 @@ def seconds_after_training(seconds_per_iter: float, val_images: int) -> float:
 
 def fit_iterations(planned: int, seconds_per_iter: float, seconds_left: float, val_images: int) -> int:
     """The iterations of a schedule of ``planned`` that fit in ``seconds_left`` with the evaluation of
-    ``val_images`` images and the figure after them; rounded down to a multiple of 100 (where 100 fit) so
-    that a little timing noise picks the same schedule; ``planned`` where they all fit, 0 where none does.
+    ``val_images`` images and the figure after them, rounded down to a multiple of 50 (where 50 fit);
+    ``planned`` where they all fit, 0 where none does. (The timing varies by a few percent with the host's
+    load, and so can the schedule it picks: ``--iters N`` repeats a run exactly.)
     """
     seconds_for_training = seconds_left - seconds_after_training(seconds_per_iter, val_images)
     fitting = max(int(seconds_for_training // seconds_per_iter), 0)
     if fitting >= planned:
         return planned
-    return fitting // 100 * 100 if fitting >= 100 else fitting
+    return fitting // 50 * 50 if fitting >= 50 else fitting
 
 
 def fit_to_budget(cfg, args, started: float, val_images: int) -> dict:
