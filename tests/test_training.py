@@ -89,7 +89,7 @@ def test_main_job_end_to_end(tmp_path):
     assert report['metrics'] == saved['metrics']
 
 
-def test_fit_iterations_keeps_what_fits_in_hundreds_and_nothing_where_nothing_does():
+def test_fit_iterations_keeps_what_fits_in_fifties_and_nothing_where_nothing_does():
     main_job = load_tool('main_job')
     # 200 val images at 1 s/iter: 0.3 * 200 s of evaluation and 20 s for the figure after training.
     assert main_job.seconds_after_training(1.0, 200) == pytest.approx(80)
