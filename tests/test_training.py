@@ -68,6 +68,8 @@ def test_main_job_end_to_end(tmp_path):
         assert (work_dir / name).is_file(), name
     saved = json.loads((work_dir / 'report.json').read_text())
     assert saved['iterations'] == 4 and saved['dataset']['val_images'] == 4
+    # 4 of the config's 2000 iterations: the learning rate raised as far as it goes, twice the config's.
+    assert saved['learning_rate_scale'] == 2 and saved['learning_rate'] == pytest.approx(2e-3)
     assert saved['dataset']['seed'] == 0 and saved['seed'] == 5
     # What the run was: its overrides and where it trained, so that runs are compared like with like.
     assert saved['cfg_options'] == {'model.loss_attention.loss_weight': 0.5} and saved['device'] == 'cpu'
@@ -81,7 +83,8 @@ def test_main_job_end_to_end(tmp_path):
     markdown = (work_dir / 'report.md').read_text()
     assert '| AP | AP50 |' in markdown
     assert 'generated with seed 0' in markdown
-    assert 'on cpu, seed 5' in markdown
+    assert ("on cpu, seed 5, learning rate 0.002 (the config's x 2.00, as the run is shorter than its 2000 "
+            "iterations)") in markdown
     assert '- overrides: `model.loss_attention.loss_weight=0.5`' in markdown
     assert f'sha256 `{data_sha256[:16]}`' in markdown
     assert f'threads, torch {torch.__version__}' in markdown
@@ -101,6 +104,16 @@ def test_fit_iterations_keeps_what_fits_in_fifties_and_nothing_where_nothing_doe
     assert main_job.fit_iterations(2000, 1.0, -5, 200) == 0
 
 
+def test_a_schedule_cut_short_raises_the_learning_rate_by_as_much_up_to_twice():
+    from projects.acouplenet.runtime import short_schedule_lr_scale
+    assert short_schedule_lr_scale(2000, 2000) == 1
+    assert short_schedule_lr_scale(2000, 4000) == 1  # a longer run keeps the config's rate
+    assert short_schedule_lr_scale(2000, 1600) == pytest.approx(1.25)
+    assert short_schedule_lr_scale(2000, 1000) == 2
+    assert short_schedule_lr_scale(2000, 900) == 2  # at most twice: the fastest rate measured to help
+    assert short_schedule_lr_scale(2000, 1) == 2
+
+
 def test_main_job_shortens_a_schedule_that_would_not_fit_its_time_budget(tmp_path, monkeypatch, capsys):
     main_job = load_tool('main_job')
     for value, message in (('-1', 'must be 0 (no budget) or more minutes, got -1'),
@@ -114,25 +127,31 @@ def test_main_job_shortens_a_schedule_that_would_not_fit_its_time_budget(tmp_pat
     cfg = main_job.build_cfg(args)
     assert cfg.train_cfg.max_iters == 2000
     # 1110 s of the 20 minutes (7.5% kept back), 74 s of them after training: 1151 iterations fit.
-    schedule = main_job.fit_to_budget(cfg, args, time.time(), 200)
-    assert schedule == dict(time_budget_minutes=20.0, planned_iterations=2000, timed_seconds_per_iter=0.9)
+    schedule = main_job.plan_schedule(cfg, args, time.time(), 200)
+    assert schedule == dict(time_budget_minutes=20.0, planned_iterations=2000, timed_seconds_per_iter=0.9,
+                            learning_rate_scale=pytest.approx(2000 / 1150))
     assert cfg.train_cfg.max_iters == 1150 and cfg.default_hooks.checkpoint.interval == 1150
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-3 * 2000 / 1150)
     # warm-up and cosine decay at 57.5% of their length
     assert [[s.get(k) for k in ('begin', 'end', 'T_max')] for s in cfg.param_scheduler] == [[0, 115, None],
                                                                                            [115, 1150, 1035]]
     out = capsys.readouterr().out
     assert ("the config's 2000 iterations would take 30 minutes, over the 20-minute budget; training 1150 "
-            "iterations instead" in out and '--iters 2000 trains them all' in out)
+            "iterations instead, the learning-rate schedule scaled alike and its rate raised x1.74" in out
+            and '--iters 2000 trains them all' in out)
     line, = main_job.schedule_lines(dict(schedule, iterations=1150))
     assert line == ("- schedule: **1150 of the config's 2000 iterations**, to fit the 20-minute budget (timed at "
                     "0.900 s/iter here); `--iters 2000` trains them all")
-    # --iters N trains N iterations, and --time-budget 0 the config's, whatever they take: no timing.
-    for argv, iters in ((['--iters', '1500'], 1500), (['--time-budget', '0'], 2000)):
+    # --iters N trains N iterations, and --time-budget 0 the config's, whatever they take: no timing. A run
+    # shorter than the config's trains at the raised learning rate of a budgeted run of its length.
+    for argv, iters, scale in ((['--iters', '1500'], 1500, 2000 / 1500), (['--iters', '4000'], 4000, 1),
+                               (['--time-budget', '0'], 2000, 1)):
         args = main_job.parse_args(['--work-dir', str(tmp_path / 'work'), *argv])
         cfg = main_job.build_cfg(args)
-        assert main_job.fit_to_budget(cfg, args, time.time() - 3600, 200) == dict(
-            time_budget_minutes=None, planned_iterations=iters, timed_seconds_per_iter=None)
-        assert cfg.train_cfg.max_iters == iters
+        assert main_job.plan_schedule(cfg, args, time.time() - 3600, 200) == dict(
+            time_budget_minutes=None, planned_iterations=2000, timed_seconds_per_iter=None,
+            learning_rate_scale=pytest.approx(scale))
+        assert cfg.train_cfg.max_iters == iters and cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-3 * scale)
     assert main_job.schedule_lines(dict(schedule, time_budget_minutes=None)) == []  # no line without a budget
 
 
@@ -146,6 +165,7 @@ def test_main_job_times_itself_without_changing_the_training_and_refuses_a_budge
     assert untimed['time_budget_minutes'] is None and untimed['timed_seconds_per_iter'] is None
     assert timed['time_budget_minutes'] == 20 and timed['timed_seconds_per_iter'] > 0
     assert timed['iterations'] == timed['planned_iterations'] == 2
+    assert timed['learning_rate'] == untimed['learning_rate'] == 1e-3  # the whole schedule: the config's rate
     assert (f"- schedule: the config's 2 iterations (timed at {timed['timed_seconds_per_iter']:.3f} s/iter here: "
             'they fit the 20-minute budget)') in (tmp_path / 'timed' / 'report.md').read_text()
     # The run seeds everything again when it is built: the timing before it leaves its weights as they were.
@@ -201,6 +221,13 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     seed0_report.write_text(json.dumps(other_data))
     with pytest.raises(SystemExit, match=r'dataset sha256 0000000000000000 \(the data there now: [0-9a-f]{16}\)'):
         bench.main(args + ['--seed', '0'])
+    # Nor one trained at another learning rate: a report from before shortened runs raised it records none,
+    # and trained 2 of the config's 2000 iterations at the config's rate, half of what they train at now.
+    old_rate = json.loads(report_path.read_text())
+    assert old_rate.pop('learning_rate') == pytest.approx(2e-3)
+    report_path.write_text(json.dumps(old_rate))
+    with pytest.raises(SystemExit, match=r'report of another run: learning_rate 0\.001 \(asked: 0\.002\)'):
+        bench.main(args + ['--seed', '1'])
 
     # The seed table's paired gaps: each model minus CoupleNet at the same seed, then their mean and its
     # standard error (sample standard deviation of the gaps, 4.24, over sqrt(2)).

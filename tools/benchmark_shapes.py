@@ -7,7 +7,7 @@ Each model runs as its own `tools/main_job.py` process (so its peak memory is it
 generated dataset, whatever the training seed (the one at `--data-root`, generated with seed 0 where there
 is none or with `--data-seed`), in `<work-dir>/seed<S>/<model>`; results are collected from the runs'
 report.json into `<work-dir>/benchmark.md` and `benchmark.json`. A run whose report exists is reused, so an interrupted
-benchmark continues; a report of another run (seed, iterations, config, overrides or dataset) is refused,
+benchmark continues; a report of another run (seed, schedule, config, overrides or dataset) is refused,
 not reused. With several seeds a last table gives each model's AP by seed, its mean and, where CoupleNet
 is among the models, the paired gap to CoupleNet at each seed, with the mean gap and its standard error:
 on this small dataset the seed moves AP by several points, as much as the differences between the models.
@@ -121,9 +121,12 @@ def seed_table(reports: dict, seeds: list, models: list) -> str:
     return '\n'.join(lines)
 
 
-def default_iterations(config: str) -> int:
+def config_schedule(config: str, options: dict) -> tuple:
+    """The training iterations and learning rate of ``config`` with ``options`` merged, as main_job reads it."""
     from mmengine.config import Config
-    return Config.fromfile(osp.join(REPO, config)).train_cfg.max_iters
+    cfg = Config.fromfile(osp.join(REPO, config))
+    cfg.merge_from_dict(options)
+    return cfg.train_cfg.max_iters, cfg.optim_wrapper.optimizer.lr
 
 
 def load_report(report_path: str) -> dict:
@@ -145,8 +148,8 @@ def check_reusable(report: dict, report_path: str, expected: dict) -> None:
     content: the data at the same folder may have been generated again since.
     """
     found = dict(config=report['config'], seed=report['seed'], iterations=report['iterations'],
-                 cfg_options=report.get('cfg_options', {}), data_root=report['dataset']['root'],
-                 data_seed=report['dataset']['seed'])
+                 learning_rate=report['learning_rate'], cfg_options=report.get('cfg_options', {}),
+                 data_root=report['dataset']['root'], data_seed=report['dataset']['seed'])
     differ = [f'{k} {found[k]!r} (asked: {expected[k]!r})' for k in expected if found[k] != expected[k]]
     recorded = report['dataset'].get('sha256')
     if recorded and not differ:
@@ -165,9 +168,14 @@ def run(key: str, seed: int, args) -> Optional[dict]:
     work_dir = osp.join(args.work_dir, f'seed{seed}', key)
     report_path = osp.join(work_dir, 'report.json')
     if osp.isfile(report_path):
+        from projects.acouplenet.runtime import short_schedule_lr_scale
         report = load_report(report_path)
-        iterations = default_iterations(config) if args.iters is None else args.iters
-        expected = dict(config=config, seed=seed, iterations=iterations, cfg_options=options, data_root=args.data_root)
+        planned, learning_rate = config_schedule(config, options)
+        report.setdefault('learning_rate', learning_rate)  # (reports before 2026-12-06: the config's, always)
+        iterations = planned if args.iters is None else args.iters
+        expected = dict(config=config, seed=seed, iterations=iterations,
+                        learning_rate=learning_rate * short_schedule_lr_scale(planned, iterations), cfg_options=options,
+                        data_root=args.data_root)
         if args.data_seed is not None:
             expected['data_seed'] = args.data_seed
         check_reusable(report, report_path, expected)

@@ -8,7 +8,8 @@ on its val split and write a report (markdown + json) and a picture of detection
 
 The job is sized for 20 minutes on 2 CPU cores (--time-budget): it times a few training iterations on
 this machine first, and where the config's schedule would not fit, trains a shorter one (the learning-rate
-schedule scaled alike) and says so in its log and report. --iters N trains N iterations whatever they take.
+schedule scaled alike, its rate raised) and says so in its log and report. --iters N trains N iterations
+whatever they take.
 """
 import argparse
 import copy
@@ -126,8 +127,7 @@ def ensure_dataset(root: str, num_train=None, num_val=None, seed=None, regenerat
 def build_cfg(args):
     from mmengine.config import Config
 
-    from projects.acouplenet.runtime import (folder_arg_or_exit, inner_dataset_cfg, prepare_cfg, set_coco_data_root,
-                                             set_iterations)
+    from projects.acouplenet.runtime import folder_arg_or_exit, inner_dataset_cfg, prepare_cfg, set_coco_data_root
     cfg = Config.fromfile(config_path(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -140,7 +140,6 @@ def build_cfg(args):
                              f'dataset\'s {expected}: the main job trains the configs under configs/shapes/ (or '
                              f'yours derived from one); train COCO and VOC configs with tools/train.py')
     set_coco_data_root(cfg, args.data_root)
-    set_iterations(cfg, cfg.train_cfg.max_iters if args.iters is None else args.iters)
     # Evaluated once, by runner.test() after training: no validation loop (it would run at the last
     # iteration too).
     cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
@@ -198,37 +197,52 @@ def fit_iterations(planned: int, seconds_per_iter: float, seconds_left: float, v
     return fitting // 50 * 50 if fitting >= 50 else fitting
 
 
-def fit_to_budget(cfg, args, started: float, val_images: int) -> dict:
-    """Shorten ``cfg``'s schedule in place where it would not fit ``args.time_budget`` minutes from
-    ``started``; what was planned, measured and chosen (for the report)."""
-    from projects.acouplenet.runtime import set_iterations
-    planned = cfg.train_cfg.max_iters
-    applies = args.iters is None and args.time_budget > 0
-    schedule = dict(time_budget_minutes=args.time_budget if applies else None, planned_iterations=planned,
-                    timed_seconds_per_iter=None)
-    if not applies:
-        return schedule
+def fit_to_budget(cfg, args, started: float, val_images: int) -> tuple:
+    """The seconds an iteration of ``cfg`` takes here and the iterations of its schedule that fit
+    ``args.time_budget`` minutes from ``started``; a clear exit where none does."""
     print(f'[main_job] timing a few training iterations to fit the {args.time_budget:g}-minute budget', flush=True)
     seconds_per_iter = measure_seconds_per_iter(cfg)
     budget = 60 * args.time_budget
     seconds_left = budget * (1 - BUDGET_MARGIN) - (time.time() - started)
-    iters = fit_iterations(planned, seconds_per_iter, seconds_left, val_images)
-    schedule['timed_seconds_per_iter'] = seconds_per_iter
+    iters = fit_iterations(cfg.train_cfg.max_iters, seconds_per_iter, seconds_left, val_images)
     if iters == 0:
         raise SystemExit(f'error: the {args.time_budget:g}-minute --time-budget leaves no time to train here: '
                          f'{time.time() - started:.0f} s went to the data and the timing, an iteration takes '
                          f'{seconds_per_iter:.2f} s and the evaluation and the figure about '
                          f'{seconds_after_training(seconds_per_iter, val_images):.0f} s; raise --time-budget, or '
                          f'pass --iters N to train N iterations whatever they take')
+    return seconds_per_iter, iters
+
+
+def plan_schedule(cfg, args, started: float, val_images: int) -> dict:
+    """Set the length of ``cfg``'s run in place: ``--iters``, else the config's schedule where it fits the
+    time budget, else as much of it as fits (``fit_to_budget``). The learning-rate schedule keeps its shape
+    (``set_iterations``), and a run cut short trains at a higher rate (``short_schedule_lr_scale``). Returns
+    what was planned, measured and chosen, for the report."""
+    from projects.acouplenet.runtime import set_iterations, short_schedule_lr_scale
+    planned = cfg.train_cfg.max_iters
+    budgeted = args.iters is None and args.time_budget > 0
+    schedule = dict(time_budget_minutes=args.time_budget if budgeted else None, planned_iterations=planned,
+                    timed_seconds_per_iter=None)
+    if budgeted:
+        schedule['timed_seconds_per_iter'], iters = fit_to_budget(cfg, args, started, val_images)
+    else:
+        iters = planned if args.iters is None else args.iters
+    schedule['learning_rate_scale'] = short_schedule_lr_scale(planned, iters)
+    set_iterations(cfg, iters)
+    cfg.optim_wrapper.optimizer.lr *= schedule['learning_rate_scale']
+    if not budgeted:
+        return schedule
+    seconds_per_iter = schedule['timed_seconds_per_iter']
     if iters == planned:
         print(f'[main_job] {seconds_per_iter:.3f} s/iter: the config\'s {planned} iterations fit the budget',
               flush=True)
         return schedule
-    set_iterations(cfg, iters)
     print(f'[main_job] {seconds_per_iter:.3f} s/iter here: the config\'s {planned} iterations would take '
           f'{planned * seconds_per_iter / 60:.0f} minutes, over the {args.time_budget:g}-minute budget; training '
-          f'{iters} iterations instead, the learning-rate schedule scaled alike (--iters {planned} trains them all, '
-          f'--time-budget to change the budget)', flush=True)
+          f'{iters} iterations instead, the learning-rate schedule scaled alike and its rate raised '
+          f'x{schedule["learning_rate_scale"]:.2f} (--iters {planned} trains them all, --time-budget to change the '
+          f'budget)', flush=True)
     if iters < planned / 4:
         print(f'[main_job] warning: {iters} of {planned} iterations are too few to learn much: expect an AP near '
               f'zero', flush=True)
@@ -264,6 +278,13 @@ def schedule_lines(report: dict) -> list:
             f'trains them all']
 
 
+def learning_rate_note(report: dict) -> str:
+    """What the report's training line says of a learning rate raised for a shortened schedule."""
+    scale = report['learning_rate_scale']
+    return '' if scale == 1 else (f' (the config\'s x {scale:.2f}, as the run is shorter than its '
+                                  f'{report["planned_iterations"]} iterations)')
+
+
 def write_report(work_dir: str, report: dict) -> None:
     """``report.json`` and ``report.md``, each written to a temporary file and renamed."""
     from projects.acouplenet.fileio import atomic_write
@@ -277,7 +298,7 @@ def write_report(work_dir: str, report: dict) -> None:
         f'`{report["dataset"]["root"]}`, sha256 `{report["dataset"]["sha256"][:16]}`',
         f'- training: {report["iterations"]} iterations of {report["batch_size"]} images in '
         f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter) on {report["device"]}, '
-        f'seed {report["seed"]}',
+        f'seed {report["seed"]}, learning rate {report["learning_rate"]:.3g}' + learning_rate_note(report),
         f'- host: {report["host"]["cpu"]} ({report["host"]["cpu_capability"]}), {report["host"]["threads"]} '
         f'threads, torch {report["host"]["torch"]}',
         *schedule_lines(report),
@@ -309,7 +330,7 @@ def main(argv=None):
     from projects.acouplenet.shapes import fingerprint
     from projects.acouplenet.visualization import attention_figure
 
-    schedule = fit_to_budget(cfg, args, started, manifest['splits']['val']['images'])
+    schedule = plan_schedule(cfg, args, started, manifest['splits']['val']['images'])
     runner = Runner.from_cfg(cfg)
     t0 = time.time()
     runner.train()
@@ -340,6 +361,7 @@ def main(argv=None):
         metrics={k: float(metrics[f'coco/{k}']) for k in METRIC_KEYS},
         iterations=cfg.train_cfg.max_iters,
         **schedule,
+        learning_rate=cfg.optim_wrapper.optimizer.lr,
         batch_size=cfg.train_dataloader.batch_size,
         train_seconds=train_seconds,
         seconds_per_iter=train_seconds / cfg.train_cfg.max_iters,

@@ -245,6 +245,21 @@ def set_iterations(cfg: Config, iters: int) -> Config:
     return cfg
 
 
+# A schedule cut short trains at a higher learning rate: AdamW's steps are about the learning rate in size
+# whatever the gradient's, so a run of half the iterations moves the weights only about half as far. Raising
+# the rate by the factor the run is cut by, up to twice the configured one, gives that distance back. On the
+# AVX2-only host the main job's 1050 of 2000 iterations reached 13.2 AP at the config's 1e-3, 20.0 at 2e-3
+# and 20.3 at 3e-3 (2026-12-05 and 06; docs/shapes_experiments.md).
+MAX_SHORT_SCHEDULE_LR_SCALE = 2.0
+
+
+def short_schedule_lr_scale(planned: int, iters: int) -> float:
+    """The factor on the learning rate of a run of ``iters`` iterations of a schedule of ``planned``:
+    ``planned / iters`` where that cuts it short, at most ``MAX_SHORT_SCHEDULE_LR_SCALE``, and 1 for the
+    whole schedule or a longer one."""
+    return min(max(planned / iters, 1.0), MAX_SHORT_SCHEDULE_LR_SCALE)
+
+
 def host_info() -> dict:
     """What the numbers depend on besides the code, the data and the seed: the CPU and the kernels torch
     picks for it (their rounding differs between CPU types, and training from scratch amplifies it), and
