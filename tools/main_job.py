@@ -57,8 +57,9 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/main_job', help='logs, checkpoint and report')
     parser.add_argument('--data-root', default='data/shapes', help='where the generated dataset lives')
     parser.add_argument('--iters', type=count_arg(),
-                        help='training iterations, whatever they take (default: the config\'s, or fewer where they '
-                        'would not fit --time-budget)')
+                        help='training iterations, whatever they take; fewer than the config\'s train at a raised '
+                        'learning rate, as a budgeted run does (default: the config\'s, or fewer where they would not '
+                        'fit --time-budget)')
     parser.add_argument('--time-budget', type=minutes_arg, default=20.0, metavar='MIN',
                         help='minutes for the whole job without --iters: a shorter schedule where a timing of a few '
                         'iterations says the config\'s would not fit; 0 = no budget (default: %(default)s)')
