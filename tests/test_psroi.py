@@ -386,6 +386,29 @@ def test_gather_roi_align_writes_roi_sets_side_by_side_bit_for_bit():
         layer(feat, rois[:31], groups=2)
 
 
+@pytest.mark.parametrize('layer', [
+    RangeMaxRoIPool(output_size=7, spatial_scale=1 / 16),
+    GatherRoIAlign(output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+], ids=['RangeMaxRoIPool', 'GatherRoIAlign'])
+def test_project_roi_layers_take_torchvision_box_lists(layer):
+    """As torchvision's own layers, the project's take a per-image list of (R_i, 4) boxes (torchvision's
+    kernel pools it) as well as (R, 5) RoIs, sets included, and check the sets alike."""
+    from projects.acouplenet.roi_extractors import concat_roi_sets
+    gen = torch.Generator().manual_seed(15)
+    feat = torch.randn(2, 6, 40, 64, generator=gen)
+    rois = _mixed_rois(40, gen)[20:].float()
+    rois = rois[rois[:, 0].argsort(stable=True)]  # image 0's boxes, then image 1's, as the list holds them
+    boxes = [rois[rois[:, 0] == i, 1:] for i in range(2)]
+    with torch.no_grad():
+        expected = layer(feat, rois)
+        torch.testing.assert_close(layer(feat, boxes), expected, rtol=1e-6, atol=1e-6)
+        sets = layer(feat, boxes, groups=2)
+        assert sets.shape == (10, 12, 7, 7) and sets.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(sets, concat_roi_sets(expected, 2), rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match=f'{type(layer).__name__}: 19 RoIs do not split into 2 equal sets'):
+            layer(feat, [boxes[0], boxes[1][1:]], groups=2)
+
+
 def test_gather_roi_align_equals_mmcv_roi_align_of_mmdet_configs():
     """mmdet's default RoI layer, mmcv's RoIAlign (aligned, adaptive sampling), gives the same numbers."""
     from mmcv.ops import RoIAlign as MMCVRoIAlign

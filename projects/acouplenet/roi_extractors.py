@@ -26,7 +26,7 @@
   without a copy (and the latter's backward reads without one).
 """
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -113,7 +113,39 @@ def _round_half_away(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
-class RangeMaxRoIPool(RoIPool):
+class RoISets:
+    """Mixin for a torchvision RoI layer with a CPU path of its own (``_pool_sets``) that pools several
+    equal sets of RoIs in one call and writes them side by side, as :func:`pool_roi_sets` asks: the set
+    checks, torchvision's kernel where the layer's own path does not apply (``_takes_own_path``) and calls
+    without RoIs, in one place for :class:`RangeMaxRoIPool` and :class:`GatherRoIAlign`."""
+
+    def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]], groups: int = 1) -> Tensor:
+        """Pool (R, 5) ``(batch_index, x1, y1, x2, y2)`` RoIs (or torchvision's per-image list of
+        (R_i, 4) boxes, which its kernel pools) from an (N, C, H, W) map.
+
+        Args:
+            groups (int): ``rois`` holds this many equal-sized sets of ``n = R / groups``
+                RoIs, one after the other (e.g. the proposals, then their context regions).
+
+        Returns:
+            Tensor: (n, groups * C, kh, kw), RoI ``i`` of every set concatenated along
+            the channels (set 0 first), channels-last in memory (the order in which
+            CoupledBBoxHead reads them): the layer's own path writes each bin's channel
+            vector in place, so no concatenation copies them again; torchvision's kernel
+            returns its own layout for one set and :func:`concat_roi_sets`' for several.
+        """
+        num_rois = rois.size(0) if isinstance(rois, Tensor) else sum(len(r) for r in rois)
+        if num_rois % groups:
+            raise ValueError(f'{type(self).__name__}: {num_rois} RoIs do not split into {groups} equal sets')
+        if not (isinstance(rois, Tensor) and self._takes_own_path(input)):
+            pooled = super().forward(input, rois)
+            return pooled if groups == 1 else concat_roi_sets(pooled, groups)
+        if num_rois == 0:
+            return input.new_zeros(0, groups * input.size(1), *_pair(self.output_size))
+        return self._pool_sets(input, rois, groups)
+
+
+class RangeMaxRoIPool(RoISets, RoIPool):
     """Fast R-CNN RoI max pooling, equal to torchvision's ``RoIPool``, fast on the CPU.
 
     Same bins as torchvision (RoI corners rounded to the map, malformed RoIs
@@ -133,28 +165,14 @@ class RangeMaxRoIPool(RoIPool):
 
     bins_per_chunk = 256
 
-    def forward(self, input: Tensor, rois: Tensor, groups: int = 1) -> Tensor:
-        """Pool (R, 5) ``(batch_index, x1, y1, x2, y2)`` RoIs from an (N, C, H, W) map.
+    def _takes_own_path(self, input: Tensor) -> bool:
+        return not input.is_cuda and not (torch.is_grad_enabled() and input.requires_grad)
 
-        Args:
-            groups (int): ``rois`` holds this many equal-sized sets of ``n = R / groups``
-                RoIs, one after the other (e.g. the proposals, then their context regions).
-
-        Returns:
-            Tensor: (n, groups * C, kh, kw), RoI ``i`` of every set concatenated along
-            the channels (set 0 first), in channels-last memory: the pooling writes
-            each bin's channel vector in place, so no concatenation copies them again.
-        """
+    def _pool_sets(self, input: Tensor, rois: Tensor, groups: int) -> Tensor:
+        """(R, 5) RoIs of ``groups`` sets, R > 0, from an (N, C, H, W) CPU map: see :meth:`RoISets.forward`."""
         num_rois = rois.size(0)
-        if num_rois % groups:
-            raise ValueError(f'RangeMaxRoIPool: {num_rois} RoIs do not split into {groups} equal sets')
-        if input.is_cuda or (torch.is_grad_enabled() and input.requires_grad):
-            pooled = super().forward(input, rois)
-            return pooled if groups == 1 else concat_roi_sets(pooled, groups)
         num_imgs, channels, height, width = input.shape
         pooled_h, pooled_w = _pair(self.output_size)
-        if num_rois == 0:
-            return input.new_zeros(0, groups * channels, pooled_h, pooled_w)
         rois = rois.to(input.dtype)
         # torchvision computes the bins in the input's floating type.
         corners = _round_half_away(rois[:, 1:] * self.spatial_scale).long()
@@ -268,7 +286,7 @@ class _WeightedGather(torch.autograd.Function):
         return grad_table, None, None, None
 
 
-class GatherRoIAlign(RoIAlign):
+class GatherRoIAlign(RoISets, RoIAlign):
     """torchvision's ``RoIAlign``, equal bin for bin, fast on the CPU with autograd.
 
     RoIAlign is linear in the feature map: every output bin is a weighted sum
@@ -288,28 +306,14 @@ class GatherRoIAlign(RoIAlign):
     CUDA, and dtypes other than float32/float64, take torchvision's kernel.
     """
 
-    def forward(self, input: Tensor, rois: Tensor, groups: int = 1) -> Tensor:
-        """Pool (R, 5) ``(batch_index, x1, y1, x2, y2)`` RoIs from an (N, C, H, W) map.
+    def _takes_own_path(self, input: Tensor) -> bool:
+        return not input.is_cuda and input.dtype in (torch.float32, torch.float64)
 
-        Args:
-            groups (int): ``rois`` holds this many equal-sized sets of ``n = R / groups``
-                RoIs, one after the other, as in :meth:`RangeMaxRoIPool.forward`.
-
-        Returns:
-            Tensor: (n, groups * C, kh, kw), RoI ``i`` of every set concatenated along the
-            channels (set 0 first), channels-last on the CPU: the layout CoupledBBoxHead
-            reads without a copy, forward and backward.
-        """
-        num_rois = rois.size(0) if isinstance(rois, Tensor) else sum(len(r) for r in rois)
-        if num_rois % groups:
-            raise ValueError(f'GatherRoIAlign: {num_rois} RoIs do not split into {groups} equal sets')
-        if input.is_cuda or input.dtype not in (torch.float32, torch.float64) or not isinstance(rois, Tensor):
-            pooled = super().forward(input, rois)
-            return pooled if groups == 1 else concat_roi_sets(pooled, groups)
+    def _pool_sets(self, input: Tensor, rois: Tensor, groups: int) -> Tensor:
+        """(R, 5) RoIs of ``groups`` sets, R > 0, from an (N, C, H, W) CPU map: see :meth:`RoISets.forward`."""
+        num_rois = rois.size(0)
         num_imgs, channels, height, width = input.shape
         pooled_h, pooled_w = _pair(self.output_size)
-        if num_rois == 0:
-            return input.new_zeros(0, groups * channels, pooled_h, pooled_w)
         cells, weights = self._bilinear_taps(rois.to(input.dtype), height, width, pooled_h, pooled_w)
         table = input.permute(0, 2, 3, 1).reshape(num_imgs * height * width, channels)
         pooled = _WeightedGather.apply(table, cells, weights, groups)
@@ -374,8 +378,8 @@ def concat_roi_sets(pooled: Tensor, groups: int) -> Tensor:
     """(groups * n, C, kh, kw) features of ``groups`` RoI sets -> (n, groups * C, kh, kw), channels-last.
 
     RoI ``i`` of every set concatenated along the channels (set 0 first), the
-    layout :meth:`RangeMaxRoIPool.forward` and :meth:`GatherRoIAlign.forward`
-    write directly: one copy, whatever the input's memory layout.
+    layout :class:`RangeMaxRoIPool` and :class:`GatherRoIAlign` write
+    directly: one copy, whatever the input's memory layout.
     """
     if pooled.size(0) % groups:
         raise ValueError(f'concat_roi_sets: {pooled.size(0)} pooled RoIs do not split into {groups} equal sets')
@@ -566,7 +570,6 @@ def pool_roi_sets(extractor: nn.Module, feat: Tensor, roi_sets: Sequence[Tensor]
     """
     rois = torch.cat(list(roi_sets))
     layers = getattr(extractor, 'roi_layers', ())
-    if isinstance(extractor, TorchvisionRoIExtractor) and len(layers) == 1 and isinstance(
-            layers[0], (RangeMaxRoIPool, GatherRoIAlign)):
+    if isinstance(extractor, TorchvisionRoIExtractor) and len(layers) == 1 and isinstance(layers[0], RoISets):
         return layers[0](feat, rois.type_as(feat), groups=len(roi_sets))
     return concat_roi_sets(extractor((feat, ), rois), len(roi_sets))
