@@ -250,11 +250,10 @@ def set_iterations(cfg: Config, iters: int) -> Config:
 # the rate by the factor the run is cut by, up to twice the configured one, gives that distance back. On the
 # AVX2-only host the main job's 1050 of 2000 iterations reached 13.2 AP at the config's 1e-3, 20.0 at 2e-3
 # and 20.3 at 3e-3; 900 iterations 9.6 and 10.4 AP at 1e-3 and 2e-3, 800 7.4 and 8.7, 700 7.1 and 9.2
-# (2026-12-05 and 06, one training seed; docs/shapes_experiments.md). The whole 2000 at 2e-3 gained too
-# (35.8 and 35.2 AP against 33.0 and 32.0 at training seeds 0 and 1; CoupleNet's 32.8 and 36.0 against 34.3
-# and 32.5; at seed 0 R-FCN's 27.3 against 30.4, global only's 28.3 against 20.6): ACoupleNet's rate looks low at
-# any length (CoupleNet's at one seed of two, R-FCN's not), so part of these gains is that, not the shorter run;
-# the cap keeps the raised rate within what was measured.
+# (2026-12-05 and 06, one training seed). The whole 2000 at 2e-3 gained too for ACoupleNet (+2.8 and +3.2 AP
+# at training seeds 0 and 1), so part of these gains is its rate being low at any length, not the shorter run;
+# the baselines' whole schedules moved either way (docs/shapes_experiments.md, "The main job's runs"). The cap
+# keeps the raised rate within what was measured.
 MAX_SHORT_SCHEDULE_LR_SCALE = 2.0
 
 
