@@ -54,7 +54,9 @@ def _move_scales_off_identity(head):
     """With 'conv' normalisation, random scales, so that a test sees which branch got which."""
     for name in head.branch_names:
         for kind in ('cls', 'reg'):
-            layer = getattr(head, f'{name}_{kind}_scale')
+            layer = getattr(head, f'{name}_{kind}_scale', None)
+            if layer is None:  # a branch or kind the head does not normalise
+                continue
             torch.nn.init.normal_(layer.weight, std=0.5)
             torch.nn.init.normal_(layer.bias, std=0.5)
 
@@ -63,6 +65,8 @@ def _coupled_by_hand(head, branch_outputs):
     """(cls, reg) of the coupling of ``branch_outputs``, one (cls, reg) per ``head.branch_names``, by hand."""
 
     def normalise(x, branch, kind):
+        if branch not in head.normalized_branches or (kind == 'reg' and not head.normalize_deltas):
+            return x
         if head.normalization == 'l2':
             return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
         if head.normalization == 'conv':
@@ -95,6 +99,54 @@ def test_coupling_matches_formula(normalization, coupling):
     torch.testing.assert_close(cls_score, expected_cls)
     torch.testing.assert_close(bbox_pred, expected_reg)
     assert cls_score.shape == (n, 5) and bbox_pred.shape == (n, 4)
+
+
+@pytest.mark.parametrize('normalization', ['conv', 'l2'])
+@pytest.mark.parametrize('normalized_branches,normalize_deltas', [
+    (('local', ), False),  # the authors' released CoupleNet: the local class scores alone
+    (('global', ), True),
+    (None, False),
+])
+def test_coupling_normalises_only_the_chosen_outputs(normalization, normalized_branches, normalize_deltas):
+    head = _head(normalization=normalization, normalized_branches=normalized_branches,
+                 normalize_deltas=normalize_deltas)
+    if normalization == 'conv':
+        _move_scales_off_identity(head)
+    local_bins, global_feats = torch.randn(6, 9, 3, 3), torch.randn(6, 12, 3, 3)
+    outputs = _branch_outputs(head, local_bins, global_feats)
+    cls_score, bbox_pred = head(local_bins, global_feats)
+    expected_cls, expected_reg = _coupled_by_hand(head, outputs)
+    torch.testing.assert_close(cls_score, expected_cls)
+    torch.testing.assert_close(bbox_pred, expected_reg)
+    if not normalize_deltas:  # the deltas are summed as the branches give them
+        torch.testing.assert_close(bbox_pred, outputs[0][1] + outputs[1][1])
+    if normalization == 'conv':
+        scaled = {f'{b}_{k}_scale' for b in normalized_branches or ('local', 'global')
+                  for k in (('cls', 'reg') if normalize_deltas else ('cls', ))}
+        assert {name for name, _ in head.named_children() if name.endswith('_scale')} == scaled
+
+
+def test_authors_normalisation_is_one_class_scale_that_learns():
+    """The released CoupleNet's layout: a (C+1) -> (C+1) scale on the local scores, trained with the rest."""
+    head = _head(normalized_branches=('local', ), normalize_deltas=False)
+    assert [name for name, _ in head.named_children() if name.endswith('_scale')] == ['local_cls_scale']
+    assert head.local_cls_scale.weight.shape == (5, 5)
+    cls_score, bbox_pred = head(torch.randn(4, 9, 3, 3), torch.randn(4, 12, 3, 3))
+    (cls_score.sum() + bbox_pred.sum()).backward()
+    assert head.local_cls_scale.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('names', [('globl', ), (), ('local', 'local'), ('local2', )])
+def test_bad_normalized_branches_name_the_branches(names):
+    with pytest.raises(ValueError, match=r"normalized_branches=.* must name one or more of the branches 'local', "
+                                         r"'global', each once"):
+        _head(normalized_branches=names)
+
+
+def test_normalized_branches_with_three_local_fcns():
+    head = _head(local_branches=3, with_global=False, normalized_branches=('local2', 'local'))
+    assert head.normalized_branches == ('local', 'local2')  # in branch order
+    assert not hasattr(head, 'local3_cls_scale') and hasattr(head, 'local2_reg_scale')
 
 
 def test_conv_normalization_starts_as_identity():

@@ -12,6 +12,8 @@ followed by residual bottleneck blocks (the paper's Table IV). From it:
 
 The two branches' scores are normalised ('none', 'l2' or a learned 1x1 conv
 per branch) and coupled ('sum', 'prod' or 'max'); box deltas alike.
+``normalized_branches`` and ``normalize_deltas`` narrow what is normalised:
+the authors' released CoupleNet scales the local class scores alone.
 ``local_branches=3`` without the global FCN is the paper's Table IV baseline
 "3x PSRoI pooling": three local FCNs coupled the same way.
 
@@ -206,6 +208,16 @@ class CoupledBBoxHead(BBoxHead):
         normalization (str): 'none', 'l2' (unit L2 norm per RoI) or 'conv'
             (a learned (D -> D) 1x1 conv per branch, initialised to the
             identity so training starts as 'none').
+        normalized_branches (tuple[str], optional): The branches whose
+            outputs are normalised, of ``branch_names``; None (default):
+            every branch, as the paper describes it. Ignored with
+            'none' and by single-branch heads.
+        normalize_deltas (bool): Normalise the box deltas as the scores
+            (True) or couple them as they are (False). The authors' CoupleNet
+            (test_agnostic.prototxt) scales only the local branch's voted
+            class scores, a (C+1) -> (C+1) 1x1 conv, and sums the deltas as
+            they are: ``normalization='conv', normalized_branches=('local',),
+            normalize_deltas=False``.
         coupling (str): 'sum', 'prod' or 'max'.
         reg_class_agnostic (bool): One box per RoI (the paper) or one per class.
         extra_blocks (int): :class:`HeadBottleneck` blocks after the shared
@@ -229,6 +241,8 @@ class CoupledBBoxHead(BBoxHead):
                  context_branch: str = 'global',
                  context_scale: float = 2.0,
                  normalization: str = 'conv',
+                 normalized_branches: Optional[Tuple[str, ...]] = None,
+                 normalize_deltas: bool = True,
                  coupling: str = 'sum',
                  reg_class_agnostic: bool = True,
                  extra_blocks: int = 0,
@@ -238,7 +252,8 @@ class CoupledBBoxHead(BBoxHead):
         _check_choice('normalization', normalization, NORMALIZATIONS)
         _check_choice('coupling', coupling, COUPLINGS)
         _check_choice('context_branch', context_branch, CONTEXT_BRANCHES)
-        for name, value in (('with_local', with_local), ('with_global', with_global), ('with_context', with_context)):
+        for name, value in (('with_local', with_local), ('with_global', with_global), ('with_context', with_context),
+                            ('normalize_deltas', normalize_deltas)):
             if not isinstance(value, bool):
                 raise ValueError(f'CoupledBBoxHead: {name}={value!r} must be True or False')
         if not (with_local or with_global):
@@ -276,6 +291,8 @@ class CoupledBBoxHead(BBoxHead):
         self.context_branch = context_branch
         self.context_scale = float(context_scale)
         self.normalization = normalization
+        self.normalized_branches = self._check_normalized_branches(normalized_branches)
+        self.normalize_deltas = normalize_deltas
         self.coupling = coupling
         self.cls_dim = num_classes + 1
         self.reg_dim = self.bbox_coder.encode_size * (1 if reg_class_agnostic else num_classes)
@@ -316,9 +333,26 @@ class CoupledBBoxHead(BBoxHead):
             # first, the order of the two-branch head's, which the gradient norm's sum follows.
             for kind, dim in (('cls', self.cls_dim), ('reg', self.reg_dim)):
                 for branch in self.branch_names:
-                    setattr(self, f'{branch}_{kind}_scale', self._identity_linear(dim))
+                    if self._normalizes(branch, kind):
+                        setattr(self, f'{branch}_{kind}_scale', self._identity_linear(dim))
         if init_cfg is None:
             self.init_cfg = init
+
+    def _check_normalized_branches(self, names: Optional[Tuple[str, ...]]) -> Tuple[str, ...]:
+        """``normalized_branches`` as a tuple of branch names (None: all of them), checked where it applies."""
+        if names is None or not self.coupled or self.normalization == 'none':
+            return self.branch_names
+        given = (names, ) if isinstance(names, str) else tuple(names)
+        unknown = [name for name in given if name not in self.branch_names]
+        if not given or unknown or len(set(given)) != len(given):
+            raise ValueError(f'CoupledBBoxHead: normalized_branches={names!r} must name one or more of the '
+                             f'branches {", ".join(map(repr, self.branch_names))}, each once (None: all; '
+                             f'normalization=\'none\' for none)')
+        return tuple(name for name in self.branch_names if name in given)
+
+    def _normalizes(self, branch: str, kind: str) -> bool:
+        """Whether the normalisation applies to ``branch``'s ``kind`` ('cls' or 'reg') output."""
+        return branch in self.normalized_branches and (kind == 'cls' or self.normalize_deltas)
 
     @staticmethod
     def _identity_linear(dim: int) -> nn.Linear:
@@ -420,9 +454,16 @@ class CoupledBBoxHead(BBoxHead):
         return self._couple(branch_cls, 'cls'), self._couple(branch_reg, 'reg')
 
     def _couple(self, branches: List[Tensor], kind: str) -> Tensor:
-        """Normalise each branch's (n, D) output and fold them with the coupling (associative)."""
-        if self.normalization == 'l2':
-            branches = [F.normalize(out, dim=1) for out in branches]
-        elif self.normalization == 'conv':
-            branches = [getattr(self, f'{name}_{kind}_scale')(out) for name, out in zip(self.branch_names, branches)]
+        """Normalise each branch's (n, D) output where it applies (:meth:`_normalizes`) and fold them with the
+        coupling (associative)."""
+        branches = [self._normalize(out, name, kind) if self._normalizes(name, kind) else out
+                    for name, out in zip(self.branch_names, branches)]
         return functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
+
+    def _normalize(self, out: Tensor, branch: str, kind: str) -> Tensor:
+        """``branch``'s (n, D) ``kind`` output, normalised: (n, D)."""
+        if self.normalization == 'l2':
+            return F.normalize(out, dim=1)
+        if self.normalization == 'conv':
+            return getattr(self, f'{branch}_{kind}_scale')(out)
+        return out
