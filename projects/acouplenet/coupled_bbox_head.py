@@ -209,9 +209,9 @@ class CoupledBBoxHead(BBoxHead):
             (a learned (D -> D) 1x1 conv per branch, initialised to the
             identity so training starts as 'none').
         normalized_branches (tuple[str], optional): The branches whose
-            outputs are normalised, of ``branch_names``; None (default):
-            every branch, as the paper describes it. Ignored with
-            'none' and by single-branch heads.
+            outputs are normalised, of ``branch_names`` (one name may be a
+            string); None (default): every branch, as the paper describes
+            it. Ignored with 'none' and by single-branch heads.
         normalize_deltas (bool): Normalise the box deltas as the scores
             (True) or couple them as they are (False). The authors' CoupleNet
             (test_agnostic.prototxt) scales only the local branch's voted
