@@ -280,6 +280,7 @@ def test_class_specific_regression():
     (dict(context_branch='both'), "context_branch='both' is invalid"),
     (dict(with_local=False, with_global=False), 'enable at least one branch'),
     (dict(with_context='yes'), 'with_context'),
+    (dict(normalize_deltas='no'), "normalize_deltas='no' must be True or False"),
     (dict(extra_blocks=-1), "extra_blocks=-1 must be an int >= 0 (the paper's Table IV uses 1 or 2)"),
     (dict(extra_blocks=True), 'extra_blocks=True must be an int >= 0'),
     (dict(local_branches=0), "local_branches=0 must be an int >= 1 (the paper's Table IV couples 3)"),
