@@ -131,7 +131,13 @@ def test_authors_normalisation_is_one_class_scale_that_learns():
     head = _head(normalized_branches=('local', ), normalize_deltas=False)
     assert [name for name, _ in head.named_children() if name.endswith('_scale')] == ['local_cls_scale']
     assert head.local_cls_scale.weight.shape == (5, 5)
-    cls_score, bbox_pred = head(torch.randn(4, 9, 3, 3), torch.randn(4, 12, 3, 3))
+    _move_scales_off_identity(head)
+    local_bins, global_feats = torch.randn(4, 9, 3, 3), torch.randn(4, 12, 3, 3)
+    (local_cls, local_reg), (global_cls, global_reg) = _branch_outputs(head, local_bins, global_feats)
+    cls_score, bbox_pred = head(local_bins, global_feats)
+    scale = head.local_cls_scale
+    torch.testing.assert_close(cls_score, local_cls @ scale.weight.T + scale.bias + global_cls)
+    torch.testing.assert_close(bbox_pred, local_reg + global_reg)
     (cls_score.sum() + bbox_pred.sum()).backward()
     assert head.local_cls_scale.weight.grad.abs().sum() > 0
 
