@@ -351,8 +351,9 @@ class CoupledBBoxHead(BBoxHead):
         return tuple(name for name in self.branch_names if name in given)
 
     def _normalizes(self, branch: str, kind: str) -> bool:
-        """Whether the normalisation applies to ``branch``'s ``kind`` ('cls' or 'reg') output."""
-        return branch in self.normalized_branches and (kind == 'cls' or self.normalize_deltas)
+        """Whether a normalisation ('l2' or 'conv') applies to ``branch``'s ``kind`` ('cls' or 'reg') output."""
+        return (self.normalization != 'none' and branch in self.normalized_branches
+                and (kind == 'cls' or self.normalize_deltas))
 
     @staticmethod
     def _identity_linear(dim: int) -> nn.Linear:
@@ -461,9 +462,7 @@ class CoupledBBoxHead(BBoxHead):
         return functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
 
     def _normalize(self, out: Tensor, branch: str, kind: str) -> Tensor:
-        """``branch``'s (n, D) ``kind`` output, normalised: (n, D)."""
+        """``branch``'s (n, D) ``kind`` output, normalised ('l2' or 'conv'): (n, D)."""
         if self.normalization == 'l2':
             return F.normalize(out, dim=1)
-        if self.normalization == 'conv':
-            return getattr(self, f'{branch}_{kind}_scale')(out)
-        return out
+        return getattr(self, f'{branch}_{kind}_scale')(out)
