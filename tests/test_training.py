@@ -179,6 +179,75 @@ def test_main_job_times_itself_without_changing_the_training_and_refuses_a_budge
     assert not (tmp_path / 'too_small').exists()
 
 
+def _budgeted_run(main_job, tiny_shapes, work_dir, iters, clock, param_scheduler, interval=2, min_gain=2):
+    """A real run of ``iters`` of a 12-iteration schedule under KeepToBudgetHook, which re-fits it every
+    ``interval`` iterations (from the last 2) to a budget of 1000 s from time 0 as ``clock`` tells the time."""
+    cfg = tiny_train_cfg(tiny_shapes, work_dir, iters, batch_size=1)
+    cfg.param_scheduler = param_scheduler
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None  # (as the main job: it tests after training)
+    cfg.experiment_name = work_dir.name
+    runner = Runner.from_cfg(cfg)
+    hook = main_job.KeepToBudgetHook(12, started=0.0, budget_seconds=1000.0, val_images=4, interval=interval,
+                                     window=2, min_gain=min_gain, clock=clock)
+    runner.register_hook(hook)
+    runner.train()
+    return runner, hook
+
+
+def _warmup_and_cosine(warmup, end):
+    return [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=warmup),
+            dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup, end=end, T_max=end - warmup, eta_min=1e-5)]
+
+
+def test_a_budgeted_run_refits_its_length_to_the_budget_as_it_trains(tmp_path, tiny_shapes):
+    main_job = load_tool('main_job')
+    # Planned at 6 of the schedule's 12 (a slow timing): 2 of warm-up, then a cosine decay. At iteration 4
+    # the clock says all 12 fit: the run goes on to 12, its cosine decay stretched to end there.
+    runner, hook = _budgeted_run(main_job, tiny_shapes, tmp_path / 'longer', 6, clock=lambda: 0.0,
+                                 param_scheduler=_warmup_and_cosine(2, 6), interval=4)
+    assert runner.iter == 12 and [(r['iteration'], r['iterations']) for r in hook.refits] == [(4, 12)]
+    warmup, cosine = runner.param_schedulers
+    assert (warmup.begin, warmup.end) == (0, 2) and (cosine.begin, cosine.end, cosine.T_max) == (2, 12, 10)
+    # one checkpoint, at the new end
+    assert sorted(f for f in os.listdir(tmp_path / 'longer') if f.endswith('.pth')) == ['iter_12.pth']
+    # The rate goes on from where it was (iteration i is the cosine's step i - 2; steps 0 and 1 were the old
+    # length's), each step scaling its distance to eta_min as the cosine of the new length does: no jump,
+    # no stop at the old end (iteration 6) and no climb up a cosine past it.
+    lrs = runner.message_hub.get_scalar('train/lr').data[0]
+    assert len(lrs) == 12 and lrs[3] - 1e-5 == pytest.approx((1e-3 - 1e-5) * (1 + math.cos(math.pi / 4)) / 2)
+    for i in range(4, 12):
+        ratio = (1 + math.cos(math.pi * (i - 2) / 10)) / (1 + math.cos(math.pi * (i - 3) / 10))
+        assert lrs[i] - 1e-5 == pytest.approx((lrs[i - 1] - 1e-5) * ratio, rel=1e-6)
+    assert lrs[-1] - 1e-5 < 0.03 * (lrs[3] - 1e-5)
+    text = next((tmp_path / 'longer').glob('*/*.log')).read_text()
+    assert ('[main_job] iteration 4: training at ' in text
+            and '12 iterations fit the 16.6667-minute budget: the run now ends at 12 instead of 6' in text)
+
+    # The budget has run out: the run ends at the first re-fit after the warm-up (not at iteration 2, inside
+    # it), its checkpoint written there.
+    runner, hook = _budgeted_run(main_job, tiny_shapes, tmp_path / 'shorter', 6, clock=lambda: 2000.0,
+                                 param_scheduler=_warmup_and_cosine(4, 6))
+    assert runner.iter == 4 and [(r['iteration'], r['iterations']) for r in hook.refits] == [(4, 4)]
+    assert sorted(f for f in os.listdir(tmp_path / 'shorter') if f.endswith('.pth')) == ['iter_4.pth']
+    assert 'only 4 iterations fit' in next((tmp_path / 'shorter').glob('*/*.log')).read_text()
+    line, = main_job.schedule_lines(dict(time_budget_minutes=20, planned_iterations=12, timed_seconds_per_iter=1.5,
+                                         iterations=4, refits=hook.refits))
+    assert line.startswith("- schedule: **4 of the config's 12 iterations**, to fit the 20-minute budget (timed at "
+                           "1.500 s/iter here; re-fitted to 4 at iteration 4, training at ")
+
+    # Fewer than min_gain more iterations fit: the length stays, not moved by the timing's noise.
+    runner, hook = _budgeted_run(main_job, tiny_shapes, tmp_path / 'kept', 6, clock=lambda: 0.0,
+                                 param_scheduler=_warmup_and_cosine(2, 6), min_gain=7)
+    assert runner.iter == 6 and hook.refits == []
+    # A schedule that ends with the run and has no T_max cannot be re-fitted: kept, and the log says so.
+    linear = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4)]
+    runner, hook = _budgeted_run(main_job, tiny_shapes, tmp_path / 'linear', 4, clock=lambda: 0.0,
+                                 param_scheduler=linear)
+    assert runner.iter == 4 and hook.refits == []
+    assert ('[main_job] the run keeps its 4 iterations whatever its speed: its LinearLR cannot be re-fitted '
+            'to another length as it trains') in next((tmp_path / 'linear').glob('*/*.log')).read_text()
+
+
 def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tmp_path, tiny_shapes):
     bench = load_tool('benchmark_shapes')
     args = ['--models', 'rfcn', '--iters', '2', '--data-root', str(tiny_shapes), '--work-dir', str(tmp_path)]

@@ -8,8 +8,8 @@ on its val split and write a report (markdown + json) and a picture of detection
 
 The job is sized for 20 minutes on 2 CPU cores (--time-budget): it times a few training iterations on
 this machine first, and where the config's schedule would not fit, trains a shorter one (the learning-rate
-schedule scaled alike, its rate raised) and says so in its log and report. --iters N trains N iterations
-whatever they take.
+schedule scaled alike, its rate raised) and says so in its log and report; as it trains, it re-fits the
+length to the budget from its own speed (KeepToBudgetHook). --iters N trains N iterations whatever they take.
 """
 import argparse
 import copy
@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 from mmengine.config import DictAction
+from mmengine.hooks import CheckpointHook, Hook
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -37,6 +38,11 @@ FIGURE_SECONDS = 20.0
 # timed 0.911 s/iter and trained at 0.964 on average, and timed 0.964 and trained at 0.937), and the run's
 # own start-up.
 BUDGET_MARGIN = 0.075
+# As it trains, a budgeted run re-fits its length every REFIT_INTERVAL iterations from the median time of
+# the last REFIT_WINDOW, and lengthens itself only where REFIT_MIN_GAIN more iterations fit (KeepToBudgetHook).
+REFIT_INTERVAL = 50
+REFIT_WINDOW = 100
+REFIT_MIN_GAIN = 100
 
 
 def minutes_arg(value: str) -> float:
@@ -215,6 +221,90 @@ def fit_to_budget(cfg, args, started: float, val_images: int) -> tuple:
     return seconds_per_iter, iters
 
 
+class KeepToBudgetHook(Hook):
+    """Keeps a budgeted run to its time budget as it trains, from the run's own speed.
+
+    :func:`fit_to_budget` first fits the schedule to the budget from a timing of a few iterations, which a
+    busy or a quiet stretch of a shared host makes slower or faster than the run then trains (the AVX2 host
+    once timed 1.30 s/iter, trained at 0.99 and ended 6.8 minutes inside its budget). Every ``interval``
+    iterations, once every learning-rate scheduler has begun (after the warm-up), the median time of the
+    last ``window`` iterations forecasts the rest, the evaluation and the figure included: where the run
+    would end past the budget, it is shortened to end inside the budget less its margin; where ``min_gain``
+    more iterations fit inside that, it is lengthened, up to the config's schedule. Between the two the
+    length stays, so that the timing's noise does not move it back and forth.
+
+    The schedulers that end with the run (the cosine decay) end with it still: mmengine's are chainable,
+    each step scaling the rate it finds, so the rate goes on from where it is along the new length's cosine
+    and reaches its minimum at the new end. The rate's raise for a short run (``short_schedule_lr_scale``)
+    stays as first planned. A run whose schedulers ending with it have no ``T_max`` (a shape other than
+    the cosine) keeps its first plan, and its log says so.
+
+    Args:
+        planned (int): The config's iterations, the most a run is lengthened to.
+        started (float): When the job started (``time.time()``); the budget counts from it.
+        budget_seconds (float): The time budget.
+        val_images (int): Images the evaluation after training runs on.
+        interval, window, min_gain (int): See above.
+        clock (callable): The time now in seconds (``time.time``; tests pass their own).
+    """
+    # After IterTimerHook ('NORMAL') has recorded the iteration's time, before the schedulers ('LOW') step.
+    priority = 'BELOW_NORMAL'
+
+    def __init__(self, planned: int, started: float, budget_seconds: float, val_images: int,
+                 interval: int = REFIT_INTERVAL, window: int = REFIT_WINDOW, min_gain: int = REFIT_MIN_GAIN,
+                 clock=time.time) -> None:
+        self.planned, self.started, self.budget_seconds, self.val_images = planned, started, budget_seconds, val_images
+        self.interval, self.window, self.min_gain, self.clock = interval, window, min_gain, clock
+        self.schedulers = None  # the run's, once it starts; None where its length cannot be re-fitted
+        self.refits = []  # each change of length, for the report
+
+    def before_train(self, runner) -> None:
+        schedulers = runner.param_schedulers
+        if isinstance(schedulers, dict):  # one list per optimizer
+            unfit = ['schedulers of several optimizers']
+        else:
+            unfit = [type(s).__name__ for s in schedulers if s.end >= runner.max_iters and not hasattr(s, 'T_max')]
+        if unfit:
+            runner.logger.info(f'[main_job] the run keeps its {runner.max_iters} iterations whatever its speed: its '
+                               f'{", ".join(unfit)} cannot be re-fitted to another length as it trains')
+        self.schedulers = None if unfit else list(schedulers)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        done, length = runner.iter + 1, runner.max_iters
+        if (self.schedulers is None or done % self.interval or done >= length
+                or any(s.begin > done for s in self.schedulers)):
+            return
+        seconds_per_iter = float(np.median(runner.message_hub.get_scalar('train/time').data[0][-self.window:]))
+        now = self.clock()
+
+        def fitting(deadline: float) -> int:
+            return done + fit_iterations(self.planned - done, seconds_per_iter, deadline - now, self.val_images)
+
+        within_budget = fitting(self.started + self.budget_seconds)
+        within_margin = fitting(self.started + self.budget_seconds * (1 - BUDGET_MARGIN))
+        if length > within_budget or within_margin >= length + self.min_gain:
+            self.set_length(runner, within_margin)
+            self.refits.append(dict(iteration=done, seconds_per_iter=seconds_per_iter, iterations=within_margin))
+            runner.logger.info(
+                f'[main_job] iteration {done}: training at {seconds_per_iter:.3f} s/iter (the median of the last '
+                f'{min(self.window, done)}), {"only " if within_margin < length else ""}{within_margin} iterations '
+                f'fit the {self.budget_seconds / 60:g}-minute budget: the run now ends at {within_margin} instead of '
+                f'{length}, its learning-rate decay with it')
+
+    def set_length(self, runner, iterations: int) -> None:
+        """End the run after ``iterations`` (the current iteration included, at least): the loop, the
+        schedulers that end with it and a checkpoint interval of the run's length."""
+        length = runner.max_iters
+        runner.train_loop._max_iters = iterations  # (no setter; IterBasedTrainLoop reads it at every iteration)
+        for scheduler in self.schedulers:
+            if scheduler.end >= length:
+                scheduler.end = iterations
+                scheduler.T_max = iterations - scheduler.begin
+        for hook in runner.hooks:
+            if isinstance(hook, CheckpointHook) and hook.interval == length:
+                hook.interval = iterations
+
+
 def plan_schedule(cfg, args, started: float, val_images: int) -> dict:
     """Set the length of ``cfg``'s run in place: ``--iters``, else the config's schedule where it fits the
     time budget, else as much of it as fits (``fit_to_budget``). The learning-rate schedule keeps its shape
@@ -271,12 +361,14 @@ def schedule_lines(report: dict) -> list:
     if report['time_budget_minutes'] is None:
         return []
     planned, timed = report['planned_iterations'], report['timed_seconds_per_iter']
+    refits = ''.join(f'; re-fitted to {refit["iterations"]} at iteration {refit["iteration"]}, training at '
+                     f'{refit["seconds_per_iter"]:.3f} s/iter' for refit in report.get('refits', []))
     if report['iterations'] == planned:
-        return [f'- schedule: the config\'s {planned} iterations (timed at {timed:.3f} s/iter here: they fit the '
-                f'{report["time_budget_minutes"]:g}-minute budget)']
+        return [f'- schedule: the config\'s {planned} iterations (timed at {timed:.3f} s/iter here{refits}: they fit '
+                f'the {report["time_budget_minutes"]:g}-minute budget)']
     return [f'- schedule: **{report["iterations"]} of the config\'s {planned} iterations**, to fit the '
-            f'{report["time_budget_minutes"]:g}-minute budget (timed at {timed:.3f} s/iter here); `--iters {planned}` '
-            f'trains them all']
+            f'{report["time_budget_minutes"]:g}-minute budget (timed at {timed:.3f} s/iter here{refits}); '
+            f'`--iters {planned}` trains them all']
 
 
 def learning_rate_note(report: dict) -> str:
@@ -331,15 +423,21 @@ def main(argv=None):
     from projects.acouplenet.shapes import fingerprint
     from projects.acouplenet.visualization import attention_figure
 
-    schedule = plan_schedule(cfg, args, started, manifest['splits']['val']['images'])
+    val_images = manifest['splits']['val']['images']
+    schedule = plan_schedule(cfg, args, started, val_images)
     runner = Runner.from_cfg(cfg)
+    keep_to_budget = None
+    if schedule['time_budget_minutes'] is not None:
+        keep_to_budget = KeepToBudgetHook(schedule['planned_iterations'], started, 60 * args.time_budget, val_images)
+        runner.register_hook(keep_to_budget)
     t0 = time.time()
     runner.train()
     train_seconds = time.time() - t0
+    iterations = runner.iter  # (the planned ones, or as many as the run re-fitted itself to)
     t0 = time.time()
     metrics = runner.test()
     eval_seconds = time.time() - t0
-    checkpoint = osp.join(cfg.work_dir, f'iter_{cfg.train_cfg.max_iters}.pth')
+    checkpoint = osp.join(cfg.work_dir, f'iter_{iterations}.pth')
 
     val_dir = osp.join(osp.abspath(args.data_root), 'val')
     with open(osp.join(args.data_root, 'annotations', 'instances_val.json')) as f:
@@ -360,12 +458,13 @@ def main(argv=None):
                      val_objects=manifest['splits']['val']['annotations'], seed=manifest['config']['seed'],
                      sha256=fingerprint(args.data_root)),
         metrics={k: float(metrics[f'coco/{k}']) for k in METRIC_KEYS},
-        iterations=cfg.train_cfg.max_iters,
+        iterations=iterations,
         **schedule,
+        refits=keep_to_budget.refits if keep_to_budget else [],
         learning_rate=cfg.optim_wrapper.optimizer.lr,
         batch_size=cfg.train_dataloader.batch_size,
         train_seconds=train_seconds,
-        seconds_per_iter=train_seconds / cfg.train_cfg.max_iters,
+        seconds_per_iter=train_seconds / iterations,
         eval_seconds=eval_seconds,
         peak_memory_mb=peak_memory_mb(),
         total_seconds=time.time() - started,
