@@ -336,7 +336,7 @@ def plan_schedule(cfg, args, started: float, val_images: int) -> dict:
           f'budget)', flush=True)
     if iters < planned / 4:
         print(f'[main_job] warning: {iters} of {planned} iterations are too few to learn much: expect an AP near '
-              f'zero', flush=True)
+              f'zero, unless the run trains faster than timed and lengthens itself', flush=True)
     return schedule
 
 
