@@ -30,14 +30,16 @@ sys.path.insert(0, REPO)
 
 DEFAULT_CONFIG = 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
 METRIC_KEYS = ('bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m', 'bbox_mAP_l')
-# Evaluation takes about a quarter of a training iteration per val image on the hosts seen (the AVX2
-# host: 42 s for 200 images at 0.95 s/iter); with the figure, what the budget keeps after training.
-EVAL_SECONDS_PER_IMAGE_PER_ITER_SECOND = 0.3
+# Evaluation takes at most a quarter of a training iteration per val image on the hosts seen (the AVX2
+# host: 36-48 s for 200 images at 0.86-1.02 s/iter, 0.20-0.24 of an iteration each); with the figure, what
+# the budget keeps after training.
+EVAL_SECONDS_PER_IMAGE_PER_ITER_SECOND = 0.25
 FIGURE_SECONDS = 20.0
-# Of the budget, kept back: the host's load moves the speed by several percent over a run (the AVX2 host
-# timed 0.911 s/iter and trained at 0.964 on average, and timed 0.964 and trained at 0.937), and the run's
-# own start-up.
-BUDGET_MARGIN = 0.075
+# Of the budget, kept back for what the re-fits (KeepToBudgetHook) cannot see: the speed over the last
+# iterations after the last re-fit, the evaluation's own spread and the run's start-up. (Before the run
+# re-fitted itself, the margin also had to cover the host's load over the whole run, which moved its speed
+# by several percent: 7.5% then, and the jobs ended 2-3 minutes inside the budget.)
+BUDGET_MARGIN = 0.04
 # As it trains, a budgeted run re-fits its length every REFIT_INTERVAL iterations from the median time of
 # the last REFIT_WINDOW, and lengthens itself only where REFIT_MIN_GAIN more iterations fit (KeepToBudgetHook).
 REFIT_INTERVAL = 50
