@@ -206,13 +206,17 @@ def fit_iterations(planned: int, seconds_per_iter: float, seconds_left: float, v
     return fitting // 50 * 50 if fitting >= 50 else fitting
 
 
+def planning_deadline(started: float, budget_seconds: float) -> float:
+    """When a budgeted job planned from ``started`` should be done: its budget less the margin kept back."""
+    return started + budget_seconds * (1 - BUDGET_MARGIN)
+
+
 def fit_to_budget(cfg, args, started: float, val_images: int) -> tuple:
     """The seconds an iteration of ``cfg`` takes here and the iterations of its schedule that fit
     ``args.time_budget`` minutes from ``started``; a clear exit where none does."""
     print(f'[main_job] timing a few training iterations to fit the {args.time_budget:g}-minute budget', flush=True)
     seconds_per_iter = measure_seconds_per_iter(cfg)
-    budget = 60 * args.time_budget
-    seconds_left = budget * (1 - BUDGET_MARGIN) - (time.time() - started)
+    seconds_left = planning_deadline(started, 60 * args.time_budget) - time.time()
     iters = fit_iterations(cfg.train_cfg.max_iters, seconds_per_iter, seconds_left, val_images)
     if iters == 0:
         raise SystemExit(f'error: the {args.time_budget:g}-minute --time-budget leaves no time to train here: '
@@ -283,7 +287,7 @@ class KeepToBudgetHook(Hook):
             return done + fit_iterations(self.planned - done, seconds_per_iter, deadline - now, self.val_images)
 
         within_budget = fitting(self.started + self.budget_seconds)
-        within_margin = fitting(self.started + self.budget_seconds * (1 - BUDGET_MARGIN))
+        within_margin = fitting(planning_deadline(self.started, self.budget_seconds))
         if length > within_budget or within_margin >= length + self.min_gain:
             self.set_length(runner, within_margin)
             self.refits.append(dict(iteration=done, seconds_per_iter=seconds_per_iter, iterations=within_margin))
