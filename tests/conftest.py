@@ -2,8 +2,10 @@
 import os
 import sys
 import warnings
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,28 @@ def make_sample(img_shape=(120, 150), pad_shape=(128, 160), boxes=((10, 10, 60, 
                                  for x1, y1, x2, y2 in boxes], h, w)
     sample.gt_instances = gt
     return sample
+
+
+def write_voc_image(root, year, image_id, objects, size=(120, 160)):
+    """Write a JPEG and its VOC XML; objects are (class, x1, y1, x2, y2) in VOC's 1-based pixels."""
+    h, w = size
+    (root / year / 'JPEGImages').mkdir(parents=True, exist_ok=True)
+    (root / year / 'Annotations').mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / year / 'JPEGImages' / f'{image_id}.jpg'),
+                np.random.RandomState(len(image_id)).randint(0, 255, (h, w, 3), np.uint8))
+    ann = ET.Element('annotation')
+    ET.SubElement(ann, 'filename').text = f'{image_id}.jpg'
+    size_el = ET.SubElement(ann, 'size')
+    for tag, value in (('width', w), ('height', h), ('depth', 3)):
+        ET.SubElement(size_el, tag).text = str(value)
+    for name, x1, y1, x2, y2 in objects:
+        obj = ET.SubElement(ann, 'object')
+        ET.SubElement(obj, 'name').text = name
+        ET.SubElement(obj, 'difficult').text = '0'
+        box = ET.SubElement(obj, 'bndbox')
+        for tag, value in (('xmin', x1), ('ymin', y1), ('xmax', x2), ('ymax', y2)):
+            ET.SubElement(box, tag).text = str(value)
+    ET.ElementTree(ann).write(root / year / 'Annotations' / f'{image_id}.xml')
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,7 @@ targets with the paper's multi-scale pipeline, and VOC07+12 with SBD instance ma
 import argparse
 import json
 import os
-import xml.etree.ElementTree as ET
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,7 @@ from mmdet.registry import DATASETS, MODELS
 from projects.acouplenet import attention_targets
 from projects.acouplenet.runtime import set_coco_data_root
 
-from .conftest import REPO, shrink_model_cfg, tiny_train_cfg
+from .conftest import REPO, shrink_model_cfg, tiny_train_cfg, write_voc_image
 
 BASES = REPO / 'configs' / '_base_' / 'datasets'
 COCO_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_8xb2-ms-180k_coco.py'
@@ -58,28 +56,6 @@ def test_coco_masks_feed_the_attention_targets(tiny_shapes):
 
 
 # -- VOC + SBD ----------------------------------------------------------------------------------------
-def _voc_image(root, year, image_id, objects, size=(120, 160)):
-    """Write a JPEG and its VOC XML; objects are (class, x1, y1, x2, y2) in VOC's 1-based pixels."""
-    h, w = size
-    (root / year / 'JPEGImages').mkdir(parents=True, exist_ok=True)
-    (root / year / 'Annotations').mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(root / year / 'JPEGImages' / f'{image_id}.jpg'),
-                np.random.RandomState(len(image_id)).randint(0, 255, (h, w, 3), np.uint8))
-    ann = ET.Element('annotation')
-    ET.SubElement(ann, 'filename').text = f'{image_id}.jpg'
-    size_el = ET.SubElement(ann, 'size')
-    for tag, value in (('width', w), ('height', h), ('depth', 3)):
-        ET.SubElement(size_el, tag).text = str(value)
-    for name, x1, y1, x2, y2 in objects:
-        obj = ET.SubElement(ann, 'object')
-        ET.SubElement(obj, 'name').text = name
-        ET.SubElement(obj, 'difficult').text = '0'
-        box = ET.SubElement(obj, 'bndbox')
-        for tag, value in (('xmin', x1), ('ymin', y1), ('xmax', x2), ('ymax', y2)):
-            ET.SubElement(box, tag).text = str(value)
-    ET.ElementTree(ann).write(root / year / 'Annotations' / f'{image_id}.xml')
-
-
 def _sbd_instances(sbd_root, image_id, masks, categories, size=(120, 160)):
     """Write an SBD inst/<id>.mat: Segmentation holds instance indices 1..n."""
     (sbd_root / 'inst').mkdir(parents=True, exist_ok=True)
@@ -95,9 +71,9 @@ def _sbd_instances(sbd_root, image_id, masks, categories, size=(120, 160)):
 def voc_sbd(tmp_path):
     root = tmp_path / 'VOCdevkit'
     # VOC2007: one image with SBD masks for its person (a disc) but not for its dog; one without SBD.
-    _voc_image(root, 'VOC2007', '000001', [('person', 21, 11, 80, 70), ('dog', 101, 51, 150, 110)])
-    _voc_image(root, 'VOC2007', '000002', [('car', 11, 11, 60, 50)])
-    _voc_image(root, 'VOC2012', '2008_000003', [('cat', 31, 21, 130, 100)])
+    write_voc_image(root, 'VOC2007', '000001', [('person', 21, 11, 80, 70), ('dog', 101, 51, 150, 110)])
+    write_voc_image(root, 'VOC2007', '000002', [('car', 11, 11, 60, 50)])
+    write_voc_image(root, 'VOC2012', '2008_000003', [('cat', 31, 21, 130, 100)])
     for year, ids in (('VOC2007', ['000001', '000002']), ('VOC2012', ['2008_000003'])):
         (root / year / 'ImageSets' / 'Main').mkdir(parents=True)
         (root / year / 'ImageSets' / 'Main' / 'trainval.txt').write_text('\n'.join(ids) + '\n')

@@ -13,6 +13,7 @@ function to call) is still refused. Importing ``projects.acouplenet`` (every
 config does) calls it.
 """
 import copy
+import io
 import logging
 import pickle
 import warnings
@@ -96,6 +97,38 @@ def load_checkpoint_file(path: str):
     except (RuntimeError, EOFError) as exc:  # the zip reader's errors on a cut file; EOFError on an empty one
         raise ValueError(f'{path} is not a readable PyTorch checkpoint (empty, truncated or corrupt: '
                          f'{str(exc).split(". ")[0] or type(exc).__name__}); download or copy it again') from exc
+
+
+class PredictionsUnpickler(pickle.Unpickler):
+    """Unpickles what ``tools/test.py --out`` (mmdet's ``DumpDetResults``) writes: lists and dicts of
+    tensors, numpy arrays and plain values. Anything else (a class to build, a function to call) is refused,
+    as for checkpoints; the storages inside the tensors are read with ``weights_only`` loading."""
+    ALLOWED = {('torch._utils', '_rebuild_tensor_v2'), ('collections', 'OrderedDict'), ('_codecs', 'encode')}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ('torch.storage', '_load_from_bytes'):
+            return lambda data: torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        found = super().find_class(module, name) if module.split('.')[0] == 'numpy' else None
+        if found is not None and any(found is t for t in mmengine_checkpoint_types()):
+            return found
+        raise pickle.UnpicklingError(f'refusing {module}.{name}: a predictions file holds tensors, arrays and '
+                                     f'plain values only')
+
+
+def load_predictions_file(path: str):
+    """The contents of a predictions pickle (``tools/test.py --out``), loaded safely.
+
+    Raises:
+        ValueError: the file is empty, truncated, not a pickle, or holds
+            objects other than tensors, numpy arrays and plain values.
+    """
+    try:
+        with open(path, 'rb') as f:
+            return PredictionsUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise ValueError(f'{path} is not a readable predictions file ({type(exc).__name__}: {exc})') from exc
 
 
 def checkpoint_mismatch(model: torch.nn.Module, checkpoint: Union[str, dict]) -> dict:
