@@ -46,7 +46,8 @@ huge pages; the model processes inherit it) spares the page faults of fresh larg
 networks for all five models on a 2-core AMD EPYC host, but no faster ACoupleNet or R-FCN and a 16% slower
 Faster R-CNN C4 on a 2-core Intel Xeon host (docs/speed.md). The table's header names it when set.
 
-Three variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
+The global branch alone (``global``, with R-FCN the cost of an ensemble of the two branches) and three
+variants are timed on request only: ``acouplenet-branch`` (the attention gates inside the last residual
 blocks), ``acouplenet-blas`` (ACoupleNet with its global branch's products in ``F.linear``, PyTorch's BLAS,
 instead of oneDNN on the CPU: ``--models acouplenet acouplenet-blas rfcn --paired N`` times what oneDNN saves)
 and ``acouplenet-copy`` (its k x k conv weight in the default layout instead of channels-last, so that the
@@ -73,6 +74,10 @@ MODELS = {
                         'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py', 300),
     'faster-rcnn-1000': ('Faster R-CNN R-101-C4, 1000 proposals (mmdet default)',
                          'configs/faster_rcnn/faster-rcnn_r101-caffe-c4_1x_coco.py', 1000),
+    # Not timed by default: the global branch alone. With R-FCN's time, what an ensemble of the two branches
+    # trained apart (tools/fuse_results.py; the paper's Table II) costs against CoupleNet's coupling.
+    'global': ('Global FCN R-101 (global branch)',
+               'configs/acouplenet/ablations/couplenet-global-only_r101_1xb2-110k_voc0712.py', 300),
     # Not in the paper (nor timed by default): the gates inside the last residual blocks.
     'acouplenet-branch': ('ACoupleNet R-101, gates on the last residual branches',
                           'configs/acouplenet/ablations/acouplenet-att-branch_r101_4xb2-12e_coco.py', 300),
