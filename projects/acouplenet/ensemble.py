@@ -7,9 +7,9 @@ mAP). ``tools/fuse_results.py`` fuses the predictions that ``tools/test.py --out
 Two ways of fusing:
 
 - ``'wbf'``: mmdet's weighted boxes fusion (Solovyev et al., 2021): boxes of one class that overlap by
-  more than ``iou_thr`` form a cluster, replaced by their score-weighted mean box; its score is the
-  cluster's mean (``conf_type='avg'``) scaled by the share of the models' weight that found it, so a box
-  that one of two models found alone keeps half its score.
+  more than ``iou_thr`` form a cluster, replaced by their score-weighted mean box; its score is the mean
+  of the cluster's weighted scores (``conf_type='avg'``) times min(models, boxes in the cluster) over the
+  weights' sum, so that a box one of two equally weighted models found alone keeps half its score.
 - ``'nms'``: the union of the models' detections, each score times its model's weight, and class-wise NMS.
 """
 from typing import Dict, Optional, Sequence
