@@ -10,7 +10,8 @@ those data types to torch's allow-list, and lets ``getattr`` resolve only
 HistoryBuffer's statistics methods (a general ``getattr`` would reach, say,
 ``ndarray.tofile``). Anything else in a checkpoint (an arbitrary class, a
 function to call) is still refused. Importing ``projects.acouplenet`` (every
-config does) calls it.
+config does) calls it. :func:`load_predictions_file` loads the prediction
+pickles of ``tools/test.py --out`` under the same rule.
 """
 import copy
 import io
@@ -103,6 +104,7 @@ class PredictionsUnpickler(pickle.Unpickler):
     """Unpickles what ``tools/test.py --out`` (mmdet's ``DumpDetResults``) writes: lists and dicts of
     tensors, numpy arrays and plain values. Anything else (a class to build, a function to call) is refused,
     as for checkpoints; the storages inside the tensors are read with ``weights_only`` loading."""
+    # (_codecs.encode turns the pickled text of bytes back into bytes; torch's weights_only unpickler allows it too)
     ALLOWED = {('torch._utils', '_rebuild_tensor_v2'), ('collections', 'OrderedDict'), ('_codecs', 'encode')}
 
     def find_class(self, module: str, name: str):
