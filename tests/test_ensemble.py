@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -121,6 +122,13 @@ def test_fuse_results_scores_each_model_and_their_fusion_on_coco_data(tiny_shape
                                    expected['bboxes'][expected_order] + torch.tensor([1.0, 0, 1, 0]))
         scores = result['pred_instances']['scores']
         torch.testing.assert_close(scores, torch.full_like(scores, 0.75))
+    # mmdet's own offline evaluation reads the fused file and scores it alike.
+    mim = shutil.which('mim', path=os.path.dirname(sys.executable))
+    evaluated = subprocess.run([mim, 'run', 'mmdet', 'eval_metric', config, str(tmp_path / 'fused.pkl'),
+                                '--cfg-options', options[1],
+                                f'val_evaluator.ann_file={tiny_shapes}/annotations/instances_val.json'],
+                               cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert f"'coco/bbox_mAP': {fused_row['coco/bbox_mAP']}" in evaluated.stdout, evaluated.stdout + evaluated.stderr
     # NMS keeps the exact boxes, which score higher: the fusion scores what the exact model scores.
     rows = tool.main([config, exact, shifted, '--method', 'nms', '--names', 'A', 'B', *options])
     assert rows['fused (nms, IoU 0.3)'] == rows['A']  # (the config's R-CNN NMS threshold)
