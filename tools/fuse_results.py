@@ -153,8 +153,10 @@ def main(argv=None):
     evaluator = Evaluator(cfg.test_evaluator)
     evaluator.dataset_meta = dataset.metainfo
 
+    truth = {img_id: ground_truth(info) for img_id, info in infos.items()}  # (once, for every row)
+
     def evaluate(by_image: dict) -> dict:
-        return evaluator.offline_evaluate([{**by_image[i], **ground_truth(infos[i])} for i in infos])
+        return evaluator.offline_evaluate([{**by_image[i], **truth[i]} for i in infos])
 
     rows = {name: evaluate(by_image) for name, by_image in zip(names, predictions)}
     fused = {}
