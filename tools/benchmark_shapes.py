@@ -47,6 +47,13 @@ MODELS = {
     # The paper's Table IV: "3x PSRoI pooling", three local FCNs coupled as CoupleNet couples its two branches.
     'rfcn-3x': ('R-FCN, three local FCNs coupled', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py',
                 {'model.roi_head.bbox_head.local_branches': 3}),
+    # The paper's Table III: the 2x context region on the global branch (the configs), on neither, or pooled
+    # position-sensitively on the local branch instead.
+    'couplenet-no-context': ('CoupleNet, no context region', 'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py',
+                             {'model.roi_head.bbox_head.with_context': False}),
+    'couplenet-local-context': ('CoupleNet, context on the local branch',
+                                'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py',
+                                {'model.roi_head.bbox_head.context_branch': 'local'}),
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
     **{f'acouplenet-s{stride}': (f'ACoupleNet, attention at stride {stride} only', ACOUPLENET,
                                  {'model.backbone.attention_stages': [stage]})
