@@ -28,10 +28,11 @@ from typing import Optional
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)  # for projects.acouplenet without an installed package
 ACOUPLENET = 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
+COUPLENET = 'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py'
 # key: (name, config, --cfg-options of main_job)
 MODELS = {
     'acouplenet': ('ACoupleNet', ACOUPLENET, {}),
-    'couplenet': ('CoupleNet', 'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py', {}),
+    'couplenet': ('CoupleNet', COUPLENET, {}),
     'rfcn': ('R-FCN (local only)', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py', {}),
     'global': ('Global only', 'configs/shapes/couplenet-global-only_r18-w32_1xb4-2k_shapes.py', {}),
     'faster-rcnn': ('Faster R-CNN C4 (mmdet)', 'configs/shapes/faster-rcnn_r18-w32-c4_1xb4-2k_shapes.py', {}),
@@ -49,10 +50,9 @@ MODELS = {
                 {'model.roi_head.bbox_head.local_branches': 3}),
     # The paper's Table III: the 2x context region on the global branch (the configs), on neither, or pooled
     # position-sensitively on the local branch instead.
-    'couplenet-no-context': ('CoupleNet, no context region', 'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py',
+    'couplenet-no-context': ('CoupleNet, no context region', COUPLENET,
                              {'model.roi_head.bbox_head.with_context': False}),
-    'couplenet-local-context': ('CoupleNet, context on the local branch',
-                                'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py',
+    'couplenet-local-context': ('CoupleNet, context on the local branch', COUPLENET,
                                 {'model.roi_head.bbox_head.context_branch': 'local'}),
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
     **{f'acouplenet-s{stride}': (f'ACoupleNet, attention at stride {stride} only', ACOUPLENET,
