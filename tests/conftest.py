@@ -1,5 +1,6 @@
 """Shared helpers: small detectors built from the real configs, and synthetic batches."""
 import os
+import shutil
 import sys
 import warnings
 import xml.etree.ElementTree as ET
@@ -121,6 +122,14 @@ def _seed():
 
 
 SHAPES_CONFIG = REPO / 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
+
+
+@pytest.fixture(scope='session')
+def mim():
+    """Path of the ``mim`` command of the test environment (beside its Python)."""
+    path = shutil.which('mim', path=os.path.dirname(sys.executable))
+    assert path, 'mim is not installed in the test environment'
+    return path
 
 
 @pytest.fixture(scope='session')

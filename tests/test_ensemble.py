@@ -4,7 +4,6 @@ import collections
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 
@@ -99,7 +98,7 @@ def _shapes_args(data_root):
             f'test_evaluator.ann_file={data_root}/annotations/instances_val.json']
 
 
-def test_fuse_results_scores_each_model_and_their_fusion_on_coco_data(tiny_shapes, tmp_path, capsys):
+def test_fuse_results_scores_each_model_and_their_fusion_on_coco_data(tiny_shapes, tmp_path, capsys, mim):
     tool = load_tool('fuse_results')
     exact = _dump(_coco_predictions(tiny_shapes), tmp_path / 'exact.pkl')
     shifted = _dump(_coco_predictions(tiny_shapes, shift=3.0, score=0.5), tmp_path / 'shifted.pkl')
@@ -123,7 +122,6 @@ def test_fuse_results_scores_each_model_and_their_fusion_on_coco_data(tiny_shape
         scores = result['pred_instances']['scores']
         torch.testing.assert_close(scores, torch.full_like(scores, 0.75))
     # mmdet's own offline evaluation reads the fused file and scores it alike.
-    mim = shutil.which('mim', path=os.path.dirname(sys.executable))
     evaluated = subprocess.run([mim, 'run', 'mmdet', 'eval_metric', config, str(tmp_path / 'fused.pkl'),
                                 '--cfg-options', options[1],
                                 f'val_evaluator.ann_file={tiny_shapes}/annotations/instances_val.json'],

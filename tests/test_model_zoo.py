@@ -4,7 +4,6 @@ import hashlib
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -202,10 +201,8 @@ def test_an_output_folder_that_is_a_file_is_named_before_anything_is_written(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ['iter_1.pth', 'notes.txt', 'r18.pth']
 
 
-def test_mim_download_reads_the_installed_package(server, tmp_path):
+def test_mim_download_reads_the_installed_package(server, tmp_path, mim):
     python = sys.executable
-    mim = shutil.which('mim', path=os.path.dirname(python))
-    assert mim, 'mim is not installed in the test environment'
     wheel_dir, site = tmp_path / 'wheel', tmp_path / 'site'
     subprocess.run([python, '-m', 'pip', 'wheel', str(REPO), '--no-deps', '--no-build-isolation', '-q', '-w',
                     str(wheel_dir)], check=True, capture_output=True, timeout=300)
@@ -230,11 +227,9 @@ def test_mim_download_reads_the_installed_package(server, tmp_path):
     assert (tmp_path / 'dl' / 'couplenet_r101_1xb2-ms-110k_voc0712.py').is_file()
 
 
-def test_mim_search_reads_the_editable_install(tmp_path):
+def test_mim_search_reads_the_editable_install(tmp_path, mim):
     # The project's own environment installs the repo in editable mode; mim looks for the index where a
     # wheel puts it (<site-packages>/projects/.mim), which tools/setup_env.sh links to the repo's.
-    mim = shutil.which('mim', path=os.path.dirname(sys.executable))
-    assert mim, 'mim is not installed in the test environment'
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     result = subprocess.run([mim, 'search', 'acouplenet', '--config', 'acouplenet_r101_1xb2-ms-110k_voc0712'],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

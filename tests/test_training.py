@@ -568,9 +568,7 @@ custom_hooks = [dict(type='NonFiniteLossHook'), dict(type='RNGStateHook'), dict(
     assert any('coco/bbox_mAP' in row for row in _scalars(work_dir))
 
 
-def test_mim_train_test_and_mmdet_analysis_tools_from_the_repo_root(tmp_path, tiny_shapes):
-    mim = shutil.which('mim', path=os.path.dirname(PYTHON))
-    assert mim, 'mim is not installed in the test environment'
+def test_mim_train_test_and_mmdet_analysis_tools_from_the_repo_root(tmp_path, tiny_shapes, mim):
     config = _tiny_config_file(tmp_path, tiny_shapes, iters=2)
     # mim runs mmdet's own tools/train.py and sets no PYTHONPATH: the installed package must be found.
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
