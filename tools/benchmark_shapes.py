@@ -29,11 +29,12 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)  # for projects.acouplenet without an installed package
 ACOUPLENET = 'configs/shapes/acouplenet_r18-w32_1xb4-2k_shapes.py'
 COUPLENET = 'configs/shapes/couplenet_r18-w32_1xb4-2k_shapes.py'
+RFCN = 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py'
 # key: (name, config, --cfg-options of main_job)
 MODELS = {
     'acouplenet': ('ACoupleNet', ACOUPLENET, {}),
     'couplenet': ('CoupleNet', COUPLENET, {}),
-    'rfcn': ('R-FCN (local only)', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py', {}),
+    'rfcn': ('R-FCN (local only)', RFCN, {}),
     'global': ('Global only', 'configs/shapes/couplenet-global-only_r18-w32_1xb4-2k_shapes.py', {}),
     'faster-rcnn': ('Faster R-CNN C4 (mmdet)', 'configs/shapes/faster-rcnn_r18-w32-c4_1xb4-2k_shapes.py', {}),
     # The investigation of docs/shapes_experiments.md: the paper's attention loss weight (1) is heavy for a
@@ -46,8 +47,7 @@ MODELS = {
     'acouplenet-branch': ('ACoupleNet, gates on the last residual branches', ACOUPLENET,
                           {'model.backbone.attention_gate': 'branch'}),
     # The paper's Table IV: "3x PSRoI pooling", three local FCNs coupled as CoupleNet couples its two branches.
-    'rfcn-3x': ('R-FCN, three local FCNs coupled', 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py',
-                {'model.roi_head.bbox_head.local_branches': 3}),
+    'rfcn-3x': ('R-FCN, three local FCNs coupled', RFCN, {'model.roi_head.bbox_head.local_branches': 3}),
     # The paper's Table III: the 2x context region on the global branch (the configs), on neither, or pooled
     # position-sensitively on the local branch instead.
     'couplenet-no-context': ('CoupleNet, no context region', COUPLENET,
