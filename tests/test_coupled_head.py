@@ -386,8 +386,8 @@ def test_global_convs_run_as_their_own_modules_for_hooks_and_flop_counters():
     with torch.no_grad():
         head(local_bins, global_feats)
     assert [name for name, _ in seen] == ['global_conv', 'global_fc']
-    torch.testing.assert_close(seen[0][1], F.relu(F.conv2d(global_feats, head.global_conv.weight,
-                                                            head.global_conv.bias)).flatten(1))
+    global_conv_out = F.relu(F.conv2d(global_feats, head.global_conv.weight, head.global_conv.bias))
+    torch.testing.assert_close(seen[0][1], global_conv_out.flatten(1))
     assert seen[1][1].shape == (5, 5)
     flops = FlopAnalyzer(head, (local_bins, global_feats)).unsupported_ops_warnings(False)
     flops = flops.uncalled_modules_warnings(False)

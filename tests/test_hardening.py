@@ -40,8 +40,8 @@ def _jpeg(path, shape=(60, 80, 3)):
 
 
 def _coco(tmp_path, images, annotations, name='ann.json'):
-    data = dict(images=images, annotations=annotations, categories=[dict(id=1, name='face-ellipse'),
-                                                                     dict(id=2, name='face-box')])
+    categories = [dict(id=1, name='face-ellipse'), dict(id=2, name='face-box')]
+    data = dict(images=images, annotations=annotations, categories=categories)
     (tmp_path / name).write_text(json.dumps(data))
     return str(tmp_path / name)
 
@@ -110,8 +110,8 @@ def test_grayscale_and_rgba_images_load_as_bgr(tmp_path, channels):
 def test_dataset_draws_another_image_when_one_is_corrupt(tmp_path, logged):
     _jpeg(tmp_path / 'good.jpg')
     (tmp_path / 'bad.jpg').write_bytes(b'garbage')
-    images = [dict(id=1, file_name='bad.jpg', height=60, width=80), dict(id=2, file_name='good.jpg', height=60,
-                                                                          width=80)]
+    images = [dict(id=1, file_name='bad.jpg', height=60, width=80),
+              dict(id=2, file_name='good.jpg', height=60, width=80)]
     ann_file = _coco(tmp_path, images, [dict(id=1, image_id=2, category_id=1, bbox=[5, 5, 20, 20], area=400,
                                              iscrowd=0)])
     dataset = _dataset(tmp_path, ann_file, [dict(type='LoadImageFromFile'),

@@ -133,8 +133,8 @@ def test_main_job_shortens_a_schedule_that_would_not_fit_its_time_budget(tmp_pat
     assert cfg.train_cfg.max_iters == 1200 and cfg.default_hooks.checkpoint.interval == 1200
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1e-3 * 2000 / 1200)
     # warm-up and cosine decay at 60% of their length
-    assert [[s.get(k) for k in ('begin', 'end', 'T_max')] for s in cfg.param_scheduler] == [[0, 120, None],
-                                                                                           [120, 1200, 1080]]
+    scheduler_spans = [[s.get(k) for k in ('begin', 'end', 'T_max')] for s in cfg.param_scheduler]
+    assert scheduler_spans == [[0, 120, None], [120, 1200, 1080]]
     out = capsys.readouterr().out
     assert ("the config's 2000 iterations would take 30 minutes, over the 20-minute budget; training 1200 "
             "iterations instead, the learning-rate schedule scaled alike and its rate raised x1.67" in out
@@ -394,8 +394,8 @@ def test_main_job_refuses_bad_counts_and_seeds_and_a_dataset_with_an_empty_split
         with pytest.raises(SystemExit):
             tool.parse_args(argv)
         err = capsys.readouterr().err
-        assert f'argument {flag}: ' in err and ("is out of range: seeds run from 0 to 2**32 - 1" in err
-                                               or "'x' is not an integer" in err), err
+        assert f'argument {flag}: ' in err, err
+        assert ("is out of range: seeds run from 0 to 2**32 - 1" in err or "'x' is not an integer" in err), err
     # A run that fails is named, without a traceback of the benchmark.
     (tmp_path / 'not_data').mkdir()
     (tmp_path / 'not_data' / 'notes.txt').write_text('keep')
