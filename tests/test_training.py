@@ -337,6 +337,12 @@ def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():
         backbone = built(key).backbone
         assert backbone.attention_stages == (stage,) and list(backbone.attention_blocks) == [layer]
     assert built('acouplenet-att0.1').loss_attention.loss_weight == 0.1
+    # The paper's Table I: CoupleNet ('conv' + 'sum') and the eight other pairs.
+    for norm in ('none', 'l2', 'conv'):
+        for coupling in ('sum', 'prod', 'max'):
+            key = 'couplenet' if (norm, coupling) == ('conv', 'sum') else f'couplenet-{norm}-{coupling}'
+            head = built(key).roi_head.bbox_head
+            assert (head.normalization, head.coupling) == (norm, coupling) and head.with_local and head.with_global
 
 
 def test_main_job_reuses_the_dataset_whatever_its_seed_unless_another_data_seed_is_asked(tmp_path, capsys):

@@ -54,6 +54,12 @@ MODELS = {
                              {'model.roi_head.bbox_head.with_context': False}),
     'couplenet-local-context': ('CoupleNet, context on the local branch', COUPLENET,
                                 {'model.roi_head.bbox_head.context_branch': 'local'}),
+    # The paper's Table I: the other eight normalisation x coupling pairs (the configs: 'conv' + 'sum').
+    **{f'couplenet-{norm}-{coupling}': (f'CoupleNet, {label} + {coupling}', COUPLENET,
+                                        {'model.roi_head.bbox_head.normalization': norm,
+                                         'model.roi_head.bbox_head.coupling': coupling})
+       for norm, label in (('none', 'no normalisation'), ('l2', 'L2'), ('conv', '1x1 conv'))
+       for coupling in ('sum', 'prod', 'max') if (norm, coupling) != ('conv', 'sum')},
     # The paper's Table V: one attention block, after conv2, conv3 or conv4 (res_layers[0], [1], [2]).
     **{f'acouplenet-s{stride}': (f'ACoupleNet, attention at stride {stride} only', ACOUPLENET,
                                  {'model.backbone.attention_stages': [stage]})
