@@ -317,6 +317,8 @@ def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tm
     assert rows[2] == '| CoupleNet | 35.0 | 32.0 | 40.0 | 35.7 | - |'
     assert rows[3] == ('| R-FCN (local only) | 30.0 | 33.0 | - | 31.5 over 2 seeds | -5.0, +1.0, - '
                        '(mean -2.0 over 2 seeds, standard error 3.0) |')
+    rows = bench.seed_table({0: runs[0], 2: runs[2]}, [0, 2], ['couplenet', 'rfcn']).splitlines()
+    assert rows[3] == '| R-FCN (local only) | 30.0 | - | 30.0 over 1 seed | -5.0, - (mean -5.0 over 1 seed) |'
 
 
 def test_benchmark_shapes_variants_reach_the_model_as_main_job_passes_them():

@@ -108,7 +108,7 @@ def seed_table(reports: dict, seeds: list, models: list) -> str:
         return None if report is None else 100 * report['metrics']['bbox_mAP']
 
     def over(count):
-        return f' over {count} seeds' if count < len(seeds) else ''
+        return f' over {count} seed{"s" if count > 1 else ""}' if count < len(seeds) else ''
 
     paired = 'couplenet' in models
     baseline = [ap(s, 'couplenet') for s in seeds] if paired else []
