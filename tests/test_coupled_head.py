@@ -101,6 +101,34 @@ def test_coupling_matches_formula(normalization, coupling):
     assert cls_score.shape == (n, 5) and bbox_pred.shape == (n, 4)
 
 
+@pytest.mark.parametrize('normalization', NORMALIZATIONS)
+def test_branch_alone_scores_with_one_branch_normalised_as_in_the_coupling(normalization):
+    head = _head(normalization=normalization, coupling='max', normalize_deltas=False)
+    if normalization == 'conv':
+        _move_scales_off_identity(head)
+    local_bins, global_feats = torch.randn(6, 9, 3, 3), torch.randn(6, 12, 3, 3)
+    coupled = head(local_bins, global_feats)
+    for name, (cls, reg) in zip(head.branch_names, _branch_outputs(head, local_bins, global_feats)):
+        if normalization == 'l2':
+            cls = F.normalize(cls, dim=1)
+        elif normalization == 'conv':
+            cls = getattr(head, f'{name}_cls_scale')(cls)
+        with head.branch_alone(name):
+            cls_score, bbox_pred = head(local_bins, global_feats)
+        torch.testing.assert_close(cls_score, cls)
+        torch.testing.assert_close(bbox_pred, reg)  # normalize_deltas=False: the deltas as the branch gives them
+    with pytest.raises(RuntimeError), head.branch_alone('local'):
+        raise RuntimeError  # the block restores the coupling however it ends
+    for after, before in zip(head(local_bins, global_feats), coupled):
+        torch.testing.assert_close(after, before)
+    with pytest.raises(ValueError, match=r"branch_alone\('locl'\): no such branch; the branches are 'local', 'global'"):
+        with head.branch_alone('locl'):
+            pass
+    with pytest.raises(ValueError, match="branch_alone needs a coupled head; this one has the single branch 'local'"):
+        with _head(with_global=False).branch_alone('local'):
+            pass
+
+
 @pytest.mark.parametrize('normalization', ['conv', 'l2'])
 @pytest.mark.parametrize('normalized_branches,normalize_deltas', [
     (('local', ), False),  # the authors' released CoupleNet: the local class scores alone

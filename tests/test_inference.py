@@ -372,6 +372,40 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(shapes_checkpoint
         apply_tta(cfg)
 
 
+def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_path, capsys):
+    """tools/test.py --branches: the coupled model, then each branch alone, one table; single-branch heads and
+    --out refused."""
+    from mmdet.registry import MODELS
+    from projects.acouplenet import CoupledBBoxHead
+    test_tool = load_tool('test')
+    data = [f'test_dataloader.dataset.data_root={tiny_shapes}/', 'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False',
+            f'test_evaluator.ann_file={tiny_shapes}/annotations/instances_val.json']
+    seen = []  # the branch each head call scored with (None: the coupling)
+    hook = CoupledBBoxHead.forward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CoupledBBoxHead, 'forward',
+                      lambda self, *args, **kwargs: seen.append(self._branch_alone) or hook(self, *args, **kwargs))
+        results = test_tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--work-dir', str(tmp_path / 'work'),
+                                  '--branches', '--cfg-options', *data])
+    assert list(results) == ['coupled', 'local', 'global']
+    assert all(set(metrics) == set(results['coupled']) and 'coco/bbox_mAP' in metrics for metrics in results.values())
+    runs = [key for i, key in enumerate(seen) if i == 0 or seen[i - 1] != key]
+    assert runs == [None, 'local', 'global'] and len(seen) == 3 * 4  # each of the 4 val images once per run
+    table = capsys.readouterr().out
+    assert '| scores of | coco/bbox_mAP |' in table and '| global | ' in table
+
+    rfcn_config = REPO / 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py'
+    rfcn = tmp_path / 'rfcn.pth'
+    torch.save(dict(state_dict=MODELS.build(Config.fromfile(str(rfcn_config)).model).state_dict()), rfcn)
+    with pytest.raises(SystemExit, match=r'--branches: .*rfcn_r18.* has no coupled CoupledBBoxHead \(R-FCN and '
+                                         r'global only have one branch\)'):
+        test_tool.main([str(rfcn_config), str(rfcn), '--work-dir', str(tmp_path / 'work'), '--branches',
+                        '--cfg-options', *data])
+    with pytest.raises(SystemExit, match=r'--branches tests the model several times and --out'):
+        test_tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--branches', '--out', str(tmp_path / 'a.pkl')])
+
+
 def test_tools_refuse_a_device_this_machine_lacks_before_loading_anything(shapes_checkpoint, shapes_images, capsys):
     """demo, attention_stats and benchmark_speed check --device when parsing it (torch would fail deep in
     model loading with "Found no NVIDIA driver" on a CPU-only machine)."""

@@ -2,6 +2,10 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show-dir DIR]
                                           [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}] [--tta]
+                                          [--branches]
+
+``--branches`` (this project's) tests a coupled model once as it is and once per branch alone, and prints
+the metrics side by side.
 """
 import argparse
 import os
@@ -9,6 +13,7 @@ import os.path as osp
 import sys
 
 from mmengine.config import Config, DictAction
+from mmengine.dist import is_main_process
 from mmengine.runner import Runner
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
@@ -16,6 +21,7 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
+from projects.acouplenet import CoupledBBoxHead  # noqa: E402
 from projects.acouplenet.runtime import apply_tta, init_cpu_distributed, prepare_cfg, set_work_dir  # noqa: E402
 from projects.acouplenet.safe_loading import assert_checkpoint_fits  # noqa: E402
 
@@ -36,6 +42,9 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation: the config\'s tta_model / tta_pipeline, else mmdet\'s '
                              'horizontal flip merged by NMS')
+    parser.add_argument('--branches', action='store_true',
+                        help='test a coupled model as it is and with each branch alone (its output normalised as '
+                             'in the coupling, the other branches left out), and print the metrics side by side')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -47,6 +56,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'--out {args.out}: the dump file must end in .pkl or .pickle')
+    if args.branches and (args.out or args.show or args.show_dir):
+        raise SystemExit('--branches tests the model several times and --out / --show / --show-dir would keep '
+                         'only the last; run --branches without them, and each dump as a test of its own')
     for kind, path in (('config', args.config), ('checkpoint', args.checkpoint)):
         if not osp.isfile(path):
             raise SystemExit(f'{kind} {path} not found')
@@ -67,7 +79,29 @@ def main(argv=None):
     assert_checkpoint_fits(runner.model, args.checkpoint, args.config)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    if args.branches:
+        return evaluate_branches(runner, args.config)
     return runner.test()
+
+
+def evaluate_branches(runner: Runner, config: str) -> dict:
+    """The metrics of the coupled model and of each branch alone: ``{'coupled': {...}, 'local': {...}, ...}``."""
+    model = getattr(runner.model, 'module', runner.model)  # unwrap DDP and the TTA model
+    head = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
+    if not (isinstance(head, CoupledBBoxHead) and head.coupled):
+        raise SystemExit(f'--branches: {config} has no coupled CoupledBBoxHead (R-FCN and global only have one '
+                         f'branch): nothing to test apart')
+    results = {'coupled': runner.test()}
+    for branch in head.branch_names:
+        with head.branch_alone(branch):
+            results[branch] = runner.test()
+    if is_main_process():
+        keys = list(results['coupled'])
+        print('| scores of | ' + ' | '.join(keys) + ' |\n|---|' + '---|' * len(keys))
+        for name, metrics in results.items():
+            cells = (f'{metrics[key]:.3f}' if isinstance(metrics[key], float) else str(metrics[key]) for key in keys)
+            print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return results
 
 
 if __name__ == '__main__':

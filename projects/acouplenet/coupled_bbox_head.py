@@ -337,6 +337,7 @@ class CoupledBBoxHead(BBoxHead):
                         setattr(self, f'{branch}_{kind}_scale', self._identity_linear(dim))
         if init_cfg is None:
             self.init_cfg = init
+        self._branch_alone: Optional[str] = None  # set by branch_alone()
 
     def _check_normalized_branches(self, names: Optional[Tuple[str, ...]]) -> Tuple[str, ...]:
         """``normalized_branches`` as a tuple of branch names (None: all of them), checked where it applies."""
@@ -367,6 +368,26 @@ class CoupledBBoxHead(BBoxHead):
         """The coupled branches in order: 'local', 'local2', ..., then 'global'."""
         local = ('local', ) + tuple(f'local{b + 1}' for b in range(1, self.local_branches)) if self.with_local else ()
         return local + (('global', ) if self.with_global else ())
+
+    @contextmanager
+    def branch_alone(self, branch: str) -> Iterator[None]:
+        """Inside the block the head scores with one branch: its output, normalised as in the coupling.
+
+        The other branches are left out of the coupling, scores and box deltas
+        alike, so that a trained coupled model can be tested branch by branch
+        (``tools/test.py --branches``); the weights are untouched.
+        """
+        if not self.coupled:
+            raise ValueError(f'CoupledBBoxHead: branch_alone needs a coupled head; this one has the single '
+                             f'branch {self.branch_names[0]!r}')
+        if branch not in self.branch_names:
+            raise ValueError(f'CoupledBBoxHead: branch_alone({branch!r}): no such branch; the branches are '
+                             f'{", ".join(map(repr, self.branch_names))}')
+        previous, self._branch_alone = self._branch_alone, branch
+        try:
+            yield
+        finally:
+            self._branch_alone = previous
 
     @property
     def coupled(self) -> bool:
@@ -456,9 +477,10 @@ class CoupledBBoxHead(BBoxHead):
 
     def _couple(self, branches: List[Tensor], kind: str) -> Tensor:
         """Normalise each branch's (n, D) output where it applies (:meth:`_normalizes`) and fold them with the
-        coupling (associative)."""
+        coupling (associative); inside :meth:`branch_alone` only that branch's output."""
         branches = [self._normalize(out, name, kind) if self._normalizes(name, kind) else out
-                    for name, out in zip(self.branch_names, branches)]
+                    for name, out in zip(self.branch_names, branches)
+                    if self._branch_alone in (None, name)]
         return functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
 
     def _normalize(self, out: Tensor, branch: str, kind: str) -> Tensor:
