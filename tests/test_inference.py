@@ -382,10 +382,10 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
             'test_dataloader.persistent_workers=False',
             f'test_evaluator.ann_file={tiny_shapes}/annotations/instances_val.json']
     seen = []  # the branch each head call scored with (None: the coupling)
-    hook = CoupledBBoxHead.forward
+    original_forward = CoupledBBoxHead.forward
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CoupledBBoxHead, 'forward',
-                      lambda self, *args, **kwargs: seen.append(self._branch_alone) or hook(self, *args, **kwargs))
+        patch.setattr(CoupledBBoxHead, 'forward', lambda self, *args, **kwargs: (
+            seen.append(self._branch_alone) or original_forward(self, *args, **kwargs)))
         results = test_tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--work-dir', str(tmp_path / 'work'),
                                   '--branches', '--cfg-options', *data])
     assert list(results) == ['coupled', 'local', 'global']
