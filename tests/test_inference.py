@@ -393,7 +393,7 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     runs = [key for i, key in enumerate(seen) if i == 0 or seen[i - 1] != key]
     assert runs == [None, 'local', 'global'] and len(seen) == 3 * 4  # each of the 4 val images once per run
     table = capsys.readouterr().out
-    assert '| scores of | coco/bbox_mAP |' in table and '| global | ' in table
+    assert '| scores of | mAP | mAP_50 |' in table and '| global | ' in table
 
     rfcn_config = REPO / 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py'
     rfcn = tmp_path / 'rfcn.pth'

@@ -103,17 +103,6 @@ def ground_truth(info: dict) -> dict:
     return packed
 
 
-def format_table(rows: dict) -> str:
-    """Markdown: one row per model (and the fusion), one column per numeric metric, in percent."""
-    keys = [k for k, v in next(iter(rows.values())).items() if isinstance(v, (int, float))]
-    short = [k.split('/')[-1].replace('bbox_', '') for k in keys]
-    lines = ['| | ' + ' | '.join(short) + ' |', '|---|' + '---|' * len(keys)]
-    # (COCO's -1: no object of that size in the test set)
-    lines += [f'| {name} | ' + ' | '.join(f'{100 * metrics[k]:.1f}' if metrics[k] >= 0 else '-' for k in keys) + ' |'
-              for name, metrics in rows.items()]
-    return '\n'.join(lines)
-
-
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.config import Config
@@ -124,6 +113,7 @@ def main(argv=None):
     from mmdet.registry import DATASETS
     from projects.acouplenet.ensemble import fuse_detections
     from projects.acouplenet.fileio import atomic_write
+    from projects.acouplenet.runtime import metrics_table
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -167,7 +157,7 @@ def main(argv=None):
                                                            args.method, args.weights, iou_thr, max_per_img,
                                                            args.conf_type)}
     rows[f'fused ({args.method}, IoU {iou_thr:g})'] = evaluate(fused)
-    print(format_table(rows), flush=True)
+    print(metrics_table(rows), flush=True)
     if args.out:
         atomic_write(pickle.dumps([fused[i] for i in infos]), args.out)
         print(f'fused predictions: {args.out}', flush=True)

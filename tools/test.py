@@ -22,7 +22,8 @@ from mmdet.registry import RUNNERS
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
 from projects.acouplenet import CoupledBBoxHead  # noqa: E402
-from projects.acouplenet.runtime import apply_tta, init_cpu_distributed, prepare_cfg, set_work_dir  # noqa: E402
+from projects.acouplenet.runtime import (apply_tta, init_cpu_distributed, metrics_table, prepare_cfg,  # noqa: E402
+                                         set_work_dir)
 from projects.acouplenet.safe_loading import assert_checkpoint_fits  # noqa: E402
 
 
@@ -96,11 +97,7 @@ def evaluate_branches(runner: Runner, config: str) -> dict:
         with head.branch_alone(branch):
             results[branch] = runner.test()
     if is_main_process():
-        keys = list(results['coupled'])
-        print('| scores of | ' + ' | '.join(keys) + ' |\n|---|' + '---|' * len(keys))
-        for name, metrics in results.items():
-            cells = (f'{metrics[key]:.3f}' if isinstance(metrics[key], float) else str(metrics[key]) for key in keys)
-            print(f'| {name} | ' + ' | '.join(cells) + ' |')
+        print(metrics_table(results, corner='scores of'))
     return results
 
 

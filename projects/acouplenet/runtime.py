@@ -1,6 +1,6 @@
 """Adjustments of a loaded config: to the machine it runs on (tools/train.py, tools/test.py) and to a
 data folder and run length (the main job, the benchmarks, the tests); the tools' argument types and output
-folders, checked before they start; the machine's description that reports record."""
+folders, checked before they start, and their tables of metrics; the machine's description that reports record."""
 import argparse
 import copy
 import os.path as osp
@@ -262,6 +262,18 @@ def short_schedule_lr_scale(planned: int, iters: int) -> float:
     ``planned / iters`` where that cuts it short, at most ``MAX_SHORT_SCHEDULE_LR_SCALE``, and 1 for the
     whole schedule or a longer one."""
     return min(max(planned / iters, 1.0), MAX_SHORT_SCHEDULE_LR_SCALE)
+
+
+def metrics_table(rows: dict, corner: str = '') -> str:
+    """Markdown: one row per name of ``rows`` ({name: an evaluator's metrics}), one column per numeric metric,
+    in percent; ``corner`` heads the names' column."""
+    keys = [k for k, v in next(iter(rows.values())).items() if isinstance(v, (int, float))]
+    short = [k.split('/')[-1].replace('bbox_', '') for k in keys]
+    lines = [(f'| {corner} | ' if corner else '| | ') + ' | '.join(short) + ' |', '|---|' + '---|' * len(keys)]
+    # (COCO's -1: no object of that size in the test set)
+    lines += [f'| {name} | ' + ' | '.join(f'{100 * metrics[k]:.1f}' if metrics[k] >= 0 else '-' for k in keys) + ' |'
+              for name, metrics in rows.items()]
+    return '\n'.join(lines)
 
 
 def host_info() -> dict:
