@@ -129,6 +129,42 @@ def test_branch_alone_scores_with_one_branch_normalised_as_in_the_coupling(norma
             pass
 
 
+def test_count_max_sources_counts_the_branch_each_top_class_score_comes_from():
+    torch.manual_seed(0)
+    head = _head(normalization='conv', coupling='max')
+    _move_scales_off_identity(head)
+    local_bins, global_feats = torch.randn(40, 9, 3, 3), torch.randn(40, 12, 3, 3)
+    with torch.no_grad():  # a background vote, so that some RoIs' top class is the background
+        head.local_cls_scale.weight += 2 * torch.eye(head.cls_dim)
+        local_bins[:20, head.num_classes] += 3
+    (local_cls, _), (global_cls, _) = _branch_outputs(head, local_bins, global_feats)
+    local_cls, global_cls = head.local_cls_scale(local_cls), head.global_cls_scale(global_cls)
+    top_class = torch.maximum(local_cls, global_cls).argmax(dim=1)
+    from_global = global_cls.gather(1, top_class[:, None]) > local_cls.gather(1, top_class[:, None])
+    from_global, is_object = from_global.squeeze(1), top_class != head.num_classes
+    with head.count_max_sources() as counts:
+        head(local_bins, global_feats)
+        with head.branch_alone('global'):  # one branch alone is not a coupling: not counted
+            head(local_bins, global_feats)
+    head(local_bins, global_feats)  # nor after the block
+    expected = [[int((~from_global).sum()), int(from_global.sum())],
+                [int((~from_global & is_object).sum()), int((from_global & is_object).sum())]]
+    assert counts.tolist() == expected
+    assert min(expected[1]) > 0 and expected[1] != expected[0]  # both branches supply, some RoIs are background
+
+    three = _head(with_global=False, local_branches=3, coupling='max')
+    with three.count_max_sources() as counts:
+        three(torch.randn(7, 3 * 9, 3, 3))
+    assert counts.shape == (2, 3) and counts[0].sum() == 7
+    with pytest.raises(ValueError, match="count_max_sources needs a head that couples branches by 'max'; this one "
+                                         "has coupling='sum'"):
+        with _head(coupling='sum').count_max_sources():
+            pass
+    with pytest.raises(ValueError, match='this one has one branch'):
+        with _head(with_global=False, coupling='max').count_max_sources():
+            pass
+
+
 @pytest.mark.parametrize('normalization', ['conv', 'l2'])
 @pytest.mark.parametrize('normalized_branches,normalize_deltas', [
     (('local', ), False),  # the authors' released CoupleNet: the local class scores alone

@@ -5,15 +5,18 @@
                                           [--branches]
 
 ``--branches`` (this project's) tests a coupled model once as it is and once per branch alone, and prints
-the metrics side by side.
+the metrics side by side; for a model coupled by 'max' also the share of RoIs whose top class score each
+branch supplied.
 """
 import argparse
 import os
 import os.path as osp
 import sys
+from contextlib import nullcontext
+from typing import NamedTuple, Optional
 
 from mmengine.config import Config, DictAction
-from mmengine.dist import is_main_process
+from mmengine.dist import all_reduce, is_main_process
 from mmengine.runner import Runner
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook
@@ -45,7 +48,8 @@ def parse_args(argv=None):
                              'horizontal flip merged by NMS')
     parser.add_argument('--branches', action='store_true',
                         help='test a coupled model as it is and with each branch alone (its output normalised as '
-                             'in the coupling, the other branches left out), and print the metrics side by side')
+                             'in the coupling, the other branches left out), and print the metrics side by side; '
+                             'for the \'max\' coupling also which branch supplied the RoIs\' top class scores')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -85,20 +89,39 @@ def main(argv=None):
     return runner.test()
 
 
-def evaluate_branches(runner: Runner, config: str) -> dict:
-    """The metrics of the coupled model and of each branch alone: ``{'coupled': {...}, 'local': {...}, ...}``."""
+class BranchResults(NamedTuple):
+    """What ``--branches`` measured."""
+    metrics: dict  # {'coupled': an evaluator's metrics, 'local': ..., 'global': ...}
+    # 'max' coupling: {'rois': {branch: share}, 'objects': {branch: share}}, the share of the RoIs (all of them;
+    # those whose top class is an object class) whose top class score the branch supplied
+    max_sources: Optional[dict]
+
+
+def evaluate_branches(runner: Runner, config: str) -> BranchResults:
+    """Test the coupled model, then each branch alone; print the metrics (and the max's sources) as tables."""
     model = getattr(runner.model, 'module', runner.model)  # unwrap DDP and the TTA model
     head = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
     if not (isinstance(head, CoupledBBoxHead) and head.coupled):
         raise SystemExit(f'--branches: {config} has no coupled CoupledBBoxHead (R-FCN and global only have one '
                          f'branch): nothing to test apart')
-    results = {'coupled': runner.test()}
+    with head.count_max_sources() if head.coupling == 'max' else nullcontext() as counts:
+        metrics = {'coupled': runner.test()}
     for branch in head.branch_names:
         with head.branch_alone(branch):
-            results[branch] = runner.test()
+            metrics[branch] = runner.test()
+    max_sources = None
+    if counts is not None:
+        all_reduce(counts)  # each process counted its own images
+        max_sources = {row: dict(zip(head.branch_names, (n / max(int(n.sum()), 1)).tolist()))
+                       for row, n in zip(('rois', 'objects'), counts.double())}
     if is_main_process():
-        print(metrics_table(results, corner='scores of'))
-    return results
+        print(metrics_table(metrics, corner='scores of'))
+        if counts is not None:
+            print(f'\nThe max took the top class score of a RoI from (percent of {int(counts[0].sum())} RoIs and '
+                  f'of the {int(counts[1].sum())} whose top class is an object class):\n')
+            print(metrics_table({'all': max_sources['rois'], 'top class an object': max_sources['objects']},
+                                corner='RoIs'))
+    return BranchResults(metrics, max_sources)
 
 
 if __name__ == '__main__':

@@ -338,6 +338,7 @@ class CoupledBBoxHead(BBoxHead):
         if init_cfg is None:
             self.init_cfg = init
         self._branch_alone: Optional[str] = None  # set by branch_alone()
+        self._max_sources: Optional[Tensor] = None  # set by count_max_sources()
 
     def _check_normalized_branches(self, names: Optional[Tuple[str, ...]]) -> Tuple[str, ...]:
         """``normalized_branches`` as a tuple of branch names (None: all of them), checked where it applies."""
@@ -388,6 +389,28 @@ class CoupledBBoxHead(BBoxHead):
             yield
         finally:
             self._branch_alone = previous
+
+    @contextmanager
+    def count_max_sources(self) -> Iterator[Tensor]:
+        """Inside the block, count which branch supplies each RoI's top class score under the 'max' coupling.
+
+        Yields a (2, B) int64 tensor for the B ``branch_names``, filled as the
+        head scores: row 0 counts every RoI scored by the branch whose
+        (normalised) class score the maximum took at the RoI's top class
+        (the first branch on a tie), row 1 only the RoIs whose top class is
+        a foreground class. A branch that supplies nearly all of them decides
+        the detections alone, as if the other were not there. Scores inside
+        :meth:`branch_alone` are not counted.
+        """
+        if not (self.coupled and self.coupling == 'max'):
+            raise ValueError(f'CoupledBBoxHead: count_max_sources needs a head that couples branches by \'max\'; '
+                             f'this one has {"coupling=" + repr(self.coupling) if self.coupled else "one branch"}')
+        counts = torch.zeros(2, len(self.branch_names), dtype=torch.long)
+        previous, self._max_sources = self._max_sources, counts
+        try:
+            yield counts
+        finally:
+            self._max_sources = previous
 
     @property
     def coupled(self) -> bool:
@@ -481,7 +504,22 @@ class CoupledBBoxHead(BBoxHead):
         branches = [self._normalize(out, name, kind) if self._normalizes(name, kind) else out
                     for name, out in zip(self.branch_names, branches)
                     if self._branch_alone in (None, name)]
+        if kind == 'cls' and self._max_sources is not None and self._branch_alone is None:
+            self._count_max_sources(torch.stack(branches))
         return functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
+
+    def _count_max_sources(self, cls_scores: Tensor) -> None:
+        """Add the branch that supplies each RoI's top class score to :meth:`count_max_sources`' counts.
+
+        ``cls_scores``: the (B, n, C+1) normalised class scores of the B branches.
+        """
+        coupled, source = cls_scores.detach().max(dim=0)  # (n, C+1) each; source: the branch per element
+        top_class = coupled.argmax(dim=1)
+        source = source.gather(1, top_class[:, None]).squeeze(1).cpu()  # (n,)
+        is_object = (top_class != self.num_classes).cpu()  # mmdet's background is the last class
+        num_branches = cls_scores.size(0)
+        self._max_sources[0] += torch.bincount(source, minlength=num_branches)
+        self._max_sources[1] += torch.bincount(source[is_object], minlength=num_branches)
 
     def _normalize(self, out: Tensor, branch: str, kind: str) -> Tensor:
         """``branch``'s (n, D) ``kind`` output, normalised ('l2' or 'conv'): (n, D)."""
