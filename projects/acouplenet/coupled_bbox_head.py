@@ -398,8 +398,9 @@ class CoupledBBoxHead(BBoxHead):
         head scores: row 0 counts every RoI scored by the branch whose
         (normalised) class score the maximum took at the RoI's top class
         (the first branch on a tie), row 1 only the RoIs whose top class is
-        a foreground class. A branch that supplies nearly all of them decides
-        the detections alone, as if the other were not there. Scores inside
+        a foreground class. The two rows tell whether the maximum mixes the
+        branches or splits the work between them (one branch supplying the
+        object classes, the other the background). Scores inside
         :meth:`branch_alone` are not counted.
         """
         if not (self.coupled and self.coupling == 'max'):
