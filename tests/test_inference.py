@@ -1,7 +1,11 @@
 """Inference like an MMDetection user: DetInferencer, init_detector / inference_detector and the demo."""
 import argparse
 import json
+import os
+import re
 import statistics
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -399,6 +403,16 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     assert '| scores of | mAP | mAP_50 |' in out and '| global | ' in out
     assert '| RoIs | local | global |' in out
     assert f'| all | {100 * max_sources["rois"]["local"]:.1f} | {100 * max_sources["rois"]["global"]:.1f} |' in out
+    # Two CPU processes (tools/dist_test.sh, gloo) test two images each: the counts are summed over both.
+    rois = re.search(r'percent of (\d+) RoIs', out)[1]
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000), OMP_NUM_THREADS='1',
+               CUDA_VISIBLE_DEVICES='')
+    dist = subprocess.run(['bash', 'tools/dist_test.sh', str(SHAPES_CONFIG), str(shapes_checkpoint), '2', '--work-dir',
+                           str(tmp_path / 'dist'), '--branches', '--cfg-options', *data,
+                           'model.roi_head.bbox_head.coupling=max'],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    assert re.search(r'percent of (\d+) RoIs', dist.stdout)[1] == rois and int(rois) > 4
 
     rfcn_config = REPO / 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py'
     rfcn = tmp_path / 'rfcn.pth'
