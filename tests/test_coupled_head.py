@@ -129,7 +129,7 @@ def test_branch_alone_scores_with_one_branch_normalised_as_in_the_coupling(norma
             pass
 
 
-def test_count_max_sources_counts_the_branch_each_top_class_score_comes_from():
+def test_count_decisions_counts_the_agreeing_branches_and_the_branch_each_max_comes_from():
     torch.manual_seed(0)
     head = _head(normalization='conv', coupling='max')
     _move_scales_off_identity(head)
@@ -142,26 +142,44 @@ def test_count_max_sources_counts_the_branch_each_top_class_score_comes_from():
     top_class = torch.maximum(local_cls, global_cls).argmax(dim=1)
     from_global = global_cls.gather(1, top_class[:, None]) > local_cls.gather(1, top_class[:, None])
     from_global, is_object = from_global.squeeze(1), top_class != head.num_classes
-    with head.count_max_sources() as counts:
+    local_agrees, global_agrees = local_cls.argmax(dim=1) == top_class, global_cls.argmax(dim=1) == top_class
+    with head.count_decisions() as counts:
         head(local_bins, global_feats)
         with head.branch_alone('global'):  # one branch alone is not a coupling: not counted
             head(local_bins, global_feats)
     head(local_bins, global_feats)  # nor after the block
+    assert list(counts) == ['agreement', 'max_source']
     expected = [[int((~from_global).sum()), int(from_global.sum())],
                 [int((~from_global & is_object).sum()), int((from_global & is_object).sum())]]
-    assert counts.tolist() == expected
+    assert counts['max_source'].tolist() == expected
     assert min(expected[1]) > 0 and expected[1] != expected[0]  # both branches supply, some RoIs are background
+    assert head.agreement_labels() == ('none', 'local only', 'global only', 'all')
+    patterns = [~local_agrees & ~global_agrees, local_agrees & ~global_agrees, ~local_agrees & global_agrees,
+                local_agrees & global_agrees]
+    assert counts['agreement'].tolist() == [[int(p.sum()) for p in patterns],
+                                            [int((p & is_object).sum()) for p in patterns]]
+    assert counts['agreement'][0, 0] == 0  # the maximum's top class is always one branch's own
+
+    # The sum can pick a class that neither branch ranks first.
+    head = _head(normalization='none', coupling='sum')
+    local_bins, global_feats = torch.zeros(2, 9, 3, 3), torch.zeros(2, 12, 3, 3)
+    local_bins[:, :3] = torch.tensor([3., 0., 2.])[:, None, None]  # local ranks class 0 first, then class 2
+    with torch.no_grad():
+        head.fc_cls.bias.copy_(torch.tensor([0., 0., 2., 3., 0.]))  # global ranks class 3 first, then class 2
+    with head.count_decisions() as counts:
+        cls_score, _ = head(local_bins, global_feats)
+    assert cls_score.argmax(dim=1).tolist() == [2, 2] and counts['agreement'].tolist() == [[2, 0, 0, 0], [2, 0, 0, 0]]
+    assert list(counts) == ['agreement']  # no maximum, no sources
 
     three = _head(with_global=False, local_branches=3, coupling='max')
-    with three.count_max_sources() as counts:
+    with three.count_decisions() as counts:
         three(torch.randn(7, 3 * 9, 3, 3))
-    assert counts.shape == (2, 3) and counts[0].sum() == 7
-    with pytest.raises(ValueError, match="count_max_sources needs a head that couples branches by 'max'; this one "
-                                         "has coupling='sum'"):
-        with _head(coupling='sum').count_max_sources():
-            pass
-    with pytest.raises(ValueError, match='this one has one branch'):
-        with _head(with_global=False, coupling='max').count_max_sources():
+    assert counts['max_source'].shape == (2, 3) and counts['max_source'][0].sum() == 7
+    assert counts['agreement'].shape == (2, 8) and counts['agreement'][0].sum() == 7
+    assert three.agreement_labels()[3] == 'local + local2 only' and three.agreement_labels()[7] == 'all'
+    with pytest.raises(ValueError, match="count_decisions needs a coupled head; this one has the single branch "
+                                         "'local'"):
+        with _head(with_global=False, coupling='max').count_decisions():
             pass
 
 

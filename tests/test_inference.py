@@ -377,8 +377,9 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(shapes_checkpoint
 
 
 def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_path, capsys):
-    """tools/test.py --branches: the coupled model, then each branch alone, one table, and for the 'max' coupling
-    the branch each RoI's top class score came from; single-branch heads and --out refused."""
+    """tools/test.py --branches: the coupled model, then each branch alone, one table, then the branches whose own
+    top class the coupled one was and, for the 'max' coupling, the branch each RoI's top class score came from;
+    single-branch heads and --out refused."""
     from mmdet.registry import MODELS
     from projects.acouplenet import CoupledBBoxHead
     test_tool = load_tool('test')
@@ -392,16 +393,20 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
             seen.append(self._branch_alone) or original_forward(self, *args, **kwargs)))
         results = test_tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--work-dir', str(tmp_path / 'work'),
                                   '--branches', '--cfg-options', *data, 'model.roi_head.bbox_head.coupling=max'])
-    metrics, max_sources = results
+    metrics, agreement, max_sources = results
     assert list(metrics) == ['coupled', 'local', 'global']
     assert all(set(m) == set(metrics['coupled']) and 'coco/bbox_mAP' in m for m in metrics.values())
     runs = [key for i, key in enumerate(seen) if i == 0 or seen[i - 1] != key]
     assert runs == [None, 'local', 'global'] and len(seen) == 3 * 4  # each of the 4 val images once per run
     assert list(max_sources) == ['rois', 'objects'] and list(max_sources['rois']) == ['local', 'global']
     assert sum(max_sources['rois'].values()) == pytest.approx(1)
+    assert list(agreement['objects']) == ['all', 'local only', 'global only', 'none']
+    assert sum(agreement['objects'].values()) == pytest.approx(1)
+    # The maximum's top class is the top class of the branch it took it from: never neither branch's.
+    assert agreement['rois']['none'] == 0 and agreement['rois']['all'] < 1
     out = capsys.readouterr().out
     assert '| scores of | mAP | mAP_50 |' in out and '| global | ' in out
-    assert '| RoIs | local | global |' in out
+    assert '| RoIs | all | local only | global only | none |' in out and '| RoIs | local | global |' in out
     assert f'| all | {100 * max_sources["rois"]["local"]:.1f} | {100 * max_sources["rois"]["global"]:.1f} |' in out
     # Two CPU processes (tools/dist_test.sh, gloo) test two images each: the counts are summed over both.
     rois = re.search(r'percent of (\d+) RoIs', out)[1]

@@ -5,14 +5,14 @@
                                           [--branches]
 
 ``--branches`` (this project's) tests a coupled model once as it is and once per branch alone, and prints
-the metrics side by side; for a model coupled by 'max' also the share of RoIs whose top class score each
+the metrics side by side, then how often the coupled top class of a RoI was each branch's own (both
+branches', one's, neither's) and, for a model coupled by 'max', the share of RoIs whose top class score each
 branch supplied.
 """
 import argparse
 import os
 import os.path as osp
 import sys
-from contextlib import nullcontext
 from typing import NamedTuple, Optional
 
 from mmengine.config import Config, DictAction
@@ -48,8 +48,9 @@ def parse_args(argv=None):
                              'horizontal flip merged by NMS')
     parser.add_argument('--branches', action='store_true',
                         help='test a coupled model as it is and with each branch alone (its output normalised as '
-                             'in the coupling, the other branches left out), and print the metrics side by side; '
-                             'for the \'max\' coupling also which branch supplied the RoIs\' top class scores')
+                             'in the coupling, the other branches left out), and print the metrics side by side, '
+                             'then which branches\' own top class the coupled one was and, for the \'max\' '
+                             'coupling, which branch supplied the RoIs\' top class scores')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
@@ -92,36 +93,50 @@ def main(argv=None):
 class BranchResults(NamedTuple):
     """What ``--branches`` measured."""
     metrics: dict  # {'coupled': an evaluator's metrics, 'local': ..., 'global': ...}
-    # 'max' coupling: {'rois': {branch: share}, 'objects': {branch: share}}, the share of the RoIs (all of them;
-    # those whose top class is an object class) whose top class score the branch supplied
+    # Below, {'rois': {column: share}, 'objects': {column: share}}: shares of all the RoIs scored and of those
+    # whose coupled top class is an object class.
+    # The RoIs by the branches whose own top class is the coupled one: 'all', 'local only', ..., 'none'.
+    agreement: dict
+    # 'max' coupling: the RoIs by the branch whose top class score the maximum took; else None.
     max_sources: Optional[dict]
 
 
 def evaluate_branches(runner: Runner, config: str) -> BranchResults:
-    """Test the coupled model, then each branch alone; print the metrics (and the max's sources) as tables."""
+    """Test the coupled model, then each branch alone; print the metrics and how the coupling decided as tables."""
     model = getattr(runner.model, 'module', runner.model)  # unwrap DDP and the TTA model
     head = getattr(getattr(model, 'roi_head', None), 'bbox_head', None)
     if not (isinstance(head, CoupledBBoxHead) and head.coupled):
         raise SystemExit(f'--branches: {config} has no coupled CoupledBBoxHead (R-FCN and global only have one '
                          f'branch): nothing to test apart')
-    with head.count_max_sources() if head.coupling == 'max' else nullcontext() as counts:
+    with head.count_decisions() as counts:
         metrics = {'coupled': runner.test()}
     for branch in head.branch_names:
         with head.branch_alone(branch):
             metrics[branch] = runner.test()
-    max_sources = None
-    if counts is not None:
-        all_reduce(counts)  # each process counted its own images
-        max_sources = {row: dict(zip(head.branch_names, (n / max(int(n.sum()), 1)).tolist()))
-                       for row, n in zip(('rois', 'objects'), counts.double())}
+    for count in counts.values():
+        all_reduce(count)  # each process counted its own images
+    labels = head.agreement_labels()
+    # Most agreeing branches first: 'all', each branch alone, ..., 'none'.
+    order = sorted(range(len(labels)), key=lambda column: (-bin(column).count('1'), column))
+    agreement = shares(counts['agreement'][:, order], [labels[column] for column in order])
+    max_sources = shares(counts['max_source'], head.branch_names) if 'max_source' in counts else None
     if is_main_process():
         print(metrics_table(metrics, corner='scores of'))
-        if counts is not None:
-            print(f'\nThe max took the top class score of a RoI from (percent of {int(counts[0].sum())} RoIs and '
-                  f'of the {int(counts[1].sum())} whose top class is an object class):\n')
+        num_rois = f'percent of {int(counts["agreement"][0].sum())} RoIs and of the ' \
+                   f'{int(counts["agreement"][1].sum())} whose top class is an object class'
+        print(f'\nThe coupled top class of a RoI was the own top class of ({num_rois}):\n')
+        print(metrics_table({'all': agreement['rois'], 'top class an object': agreement['objects']}, corner='RoIs'))
+        if max_sources is not None:
+            print(f'\nThe max took the top class score of a RoI from ({num_rois}):\n')
             print(metrics_table({'all': max_sources['rois'], 'top class an object': max_sources['objects']},
                                 corner='RoIs'))
-    return BranchResults(metrics, max_sources)
+    return BranchResults(metrics, agreement, max_sources)
+
+
+def shares(counts, columns) -> dict:
+    """(2, K) counts of all RoIs and of the object RoIs -> {'rois': {column: share}, 'objects': {...}}."""
+    return {row: dict(zip(columns, (n / max(int(n.sum()), 1)).tolist()))
+            for row, n in zip(('rois', 'objects'), counts.double())}
 
 
 if __name__ == '__main__':

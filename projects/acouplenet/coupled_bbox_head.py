@@ -338,7 +338,7 @@ class CoupledBBoxHead(BBoxHead):
         if init_cfg is None:
             self.init_cfg = init
         self._branch_alone: Optional[str] = None  # set by branch_alone()
-        self._max_sources: Optional[Tensor] = None  # set by count_max_sources()
+        self._decisions: Optional[Dict[str, Tensor]] = None  # set by count_decisions()
 
     def _check_normalized_branches(self, names: Optional[Tuple[str, ...]]) -> Tuple[str, ...]:
         """``normalized_branches`` as a tuple of branch names (None: all of them), checked where it applies."""
@@ -391,27 +391,47 @@ class CoupledBBoxHead(BBoxHead):
             self._branch_alone = previous
 
     @contextmanager
-    def count_max_sources(self) -> Iterator[Tensor]:
-        """Inside the block, count which branch supplies each RoI's top class score under the 'max' coupling.
+    def count_decisions(self) -> Iterator[Dict[str, Tensor]]:
+        """Inside the block, count how the coupling arrives at each RoI's top class.
 
-        Yields a (2, B) int64 tensor for the B ``branch_names``, filled as the
-        head scores: row 0 counts every RoI scored by the branch whose
-        (normalised) class score the maximum took at the RoI's top class
-        (the first branch on a tie), row 1 only the RoIs whose top class is
-        a foreground class. The two rows tell whether the maximum mixes the
-        branches or splits the work between them (one branch supplying the
-        object classes, the other the background). Scores inside
-        :meth:`branch_alone` are not counted.
+        Yields a dict of int64 counts, filled as the head scores (scores inside
+        :meth:`branch_alone` are not counted); row 0 of each counts every RoI
+        scored, row 1 only those whose coupled top class is a foreground class:
+
+        * ``'agreement'``, (2, 2**B) for the B ``branch_names``: RoIs by the
+          set of branches whose own top class (the argmax of the branch's
+          normalised scores) is the coupled top class, column ``sum(2**b)``
+          over those branches b (0: none, 2**B - 1: all;
+          :meth:`agreement_labels` names the columns). Whether the coupling
+          follows one branch, settles their disagreements, or picks a class
+          that no branch alone would.
+        * ``'max_source'``, (2, B), for the 'max' coupling only: RoIs by the
+          branch whose score the maximum took at the top class (the first on a
+          tie). Whether the maximum mixes the branches or splits the work
+          between them (one branch supplying the object classes, the other
+          the background).
         """
-        if not (self.coupled and self.coupling == 'max'):
-            raise ValueError(f'CoupledBBoxHead: count_max_sources needs a head that couples branches by \'max\'; '
-                             f'this one has {"coupling=" + repr(self.coupling) if self.coupled else "one branch"}')
-        counts = torch.zeros(2, len(self.branch_names), dtype=torch.long)
-        previous, self._max_sources = self._max_sources, counts
+        if not self.coupled:
+            raise ValueError(f'CoupledBBoxHead: count_decisions needs a coupled head; this one has the single '
+                             f'branch {self.branch_names[0]!r}')
+        num_branches = len(self.branch_names)
+        counts = {'agreement': torch.zeros(2, 2**num_branches, dtype=torch.long)}
+        if self.coupling == 'max':
+            counts['max_source'] = torch.zeros(2, num_branches, dtype=torch.long)
+        previous, self._decisions = self._decisions, counts
         try:
             yield counts
         finally:
-            self._max_sources = previous
+            self._decisions = previous
+
+    def agreement_labels(self) -> Tuple[str, ...]:
+        """Names of :meth:`count_decisions`' agreement columns: 'none', 'local only', ..., 'all'."""
+        labels = []
+        for column in range(2**len(self.branch_names)):
+            agreeing = [name for b, name in enumerate(self.branch_names) if column >> b & 1]
+            labels.append('none' if not agreeing else 'all' if len(agreeing) == len(self.branch_names)
+                          else ' + '.join(agreeing) + ' only')
+        return tuple(labels)
 
     @property
     def coupled(self) -> bool:
@@ -505,22 +525,30 @@ class CoupledBBoxHead(BBoxHead):
         branches = [self._normalize(out, name, kind) if self._normalizes(name, kind) else out
                     for name, out in zip(self.branch_names, branches)
                     if self._branch_alone in (None, name)]
-        if kind == 'cls' and self._max_sources is not None and self._branch_alone is None:
-            self._count_max_sources(torch.stack(branches))
-        return functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
+        coupled = functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
+        if kind == 'cls' and self._decisions is not None and self._branch_alone is None:
+            self._count_decisions(torch.stack(branches).detach(), coupled.detach())
+        return coupled
 
-    def _count_max_sources(self, cls_scores: Tensor) -> None:
-        """Add the branch that supplies each RoI's top class score to :meth:`count_max_sources`' counts.
+    def _count_decisions(self, cls_scores: Tensor, coupled: Tensor) -> None:
+        """Add n RoIs to :meth:`count_decisions`' counts.
 
-        ``cls_scores``: the (B, n, C+1) normalised class scores of the B branches.
+        ``cls_scores``: the (B, n, C+1) normalised class scores of the B
+        branches; ``coupled``: their (n, C+1) coupling.
         """
-        coupled, source = cls_scores.detach().max(dim=0)  # (n, C+1) each; source: the branch per element
-        top_class = coupled.argmax(dim=1)
-        source = source.gather(1, top_class[:, None]).squeeze(1).cpu()  # (n,)
+        top_class = coupled.argmax(dim=1)  # (n,)
         is_object = (top_class != self.num_classes).cpu()  # mmdet's background is the last class
-        num_branches = cls_scores.size(0)
-        self._max_sources[0] += torch.bincount(source, minlength=num_branches)
-        self._max_sources[1] += torch.bincount(source[is_object], minlength=num_branches)
+        agrees = cls_scores.argmax(dim=2) == top_class  # (B, n)
+        bits = 2**torch.arange(agrees.size(0), device=agrees.device)
+        column = (agrees.long() * bits[:, None]).sum(dim=0).cpu()
+        columns = {'agreement': column}
+        if 'max_source' in self._decisions:
+            source = cls_scores.gather(2, top_class[None, :, None].expand(agrees.size(0), -1, 1))  # (B, n, 1)
+            columns['max_source'] = source.squeeze(2).argmax(dim=0).cpu()  # the first branch on a tie
+        for key, col in columns.items():
+            counts = self._decisions[key]
+            counts[0] += torch.bincount(col, minlength=counts.size(1))
+            counts[1] += torch.bincount(col[is_object], minlength=counts.size(1))
 
     def _normalize(self, out: Tensor, branch: str, kind: str) -> Tensor:
         """``branch``'s (n, D) ``kind`` output, normalised ('l2' or 'conv'): (n, D)."""
