@@ -407,7 +407,8 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     out = capsys.readouterr().out
     assert '| scores of | mAP | mAP_50 |' in out and '| global | ' in out
     assert '| RoIs | all | local only | global only | none |' in out and '| RoIs | local | global |' in out
-    assert f'| all | {100 * max_sources["rois"]["local"]:.1f} | {100 * max_sources["rois"]["global"]:.1f} |' in out
+    assert f'| all RoIs | {100 * max_sources["rois"]["local"]:.1f} | {100 * max_sources["rois"]["global"]:.1f} |' in out
+    assert f'| top class an object | {100 * agreement["objects"]["all"]:.1f} | ' in out
     # Two CPU processes (tools/dist_test.sh, gloo) test two images each: the counts are summed over both.
     rois = re.search(r'percent of (\d+) RoIs', out)[1]
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000), OMP_NUM_THREADS='1',

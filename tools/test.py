@@ -124,12 +124,12 @@ def evaluate_branches(runner: Runner, config: str) -> BranchResults:
         print(metrics_table(metrics, corner='scores of'))
         num_rois = f'percent of {int(counts["agreement"][0].sum())} RoIs and of the ' \
                    f'{int(counts["agreement"][1].sum())} whose top class is an object class'
-        print(f'\nThe coupled top class of a RoI was the own top class of ({num_rois}):\n')
-        print(metrics_table({'all': agreement['rois'], 'top class an object': agreement['objects']}, corner='RoIs'))
+        tables = [('The coupled top class of a RoI was the own top class of', agreement)]
         if max_sources is not None:
-            print(f'\nThe max took the top class score of a RoI from ({num_rois}):\n')
-            print(metrics_table({'all': max_sources['rois'], 'top class an object': max_sources['objects']},
-                                corner='RoIs'))
+            tables.append(('The max took the top class score of a RoI from', max_sources))
+        for title, table in tables:
+            print(f'\n{title} ({num_rois}):\n')
+            print(metrics_table({'all RoIs': table['rois'], 'top class an object': table['objects']}, corner='RoIs'))
     return BranchResults(metrics, agreement, max_sources)
 
 
