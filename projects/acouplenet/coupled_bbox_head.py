@@ -543,8 +543,8 @@ class CoupledBBoxHead(BBoxHead):
         column = (agrees.long() * bits[:, None]).sum(dim=0).cpu()
         columns = {'agreement': column}
         if 'max_source' in self._decisions:
-            source = cls_scores.gather(2, top_class[None, :, None].expand(agrees.size(0), -1, 1))  # (B, n, 1)
-            columns['max_source'] = source.squeeze(2).argmax(dim=0).cpu()  # the first branch on a tie
+            at_top_class = cls_scores[:, torch.arange(top_class.numel(), device=top_class.device), top_class]  # (B, n)
+            columns['max_source'] = at_top_class.argmax(dim=0).cpu()  # the first branch on a tie
         for key, col in columns.items():
             counts = self._decisions[key]
             counts[0] += torch.bincount(col, minlength=counts.size(1))
