@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -246,6 +247,39 @@ def test_a_budgeted_run_refits_its_length_to_the_budget_as_it_trains(tmp_path, t
     assert runner.iter == 4 and hook.refits == []
     assert ('[main_job] the run keeps its 4 iterations whatever its speed: its LinearLR cannot be re-fitted '
             'to another length as it trains') in next((tmp_path / 'linear').glob('*/*.log')).read_text()
+
+
+def test_a_budgeted_run_keeps_its_length_on_a_host_whose_speed_alternates():
+    main_job = load_tool('main_job')
+    # The AVX2 host's training times in the main job of 2026-12-07 (each the mean of 50 iterations, as
+    # logged): stretches near 0.72 and near 0.83 s/iter. Its data and timing took 34 s before training.
+    means = [0.786, 0.74, 0.757, 0.838, 0.783, 0.803, 0.794, 0.8, 0.78, 0.735, 0.715, 0.758, 0.867, 0.795, 0.736,
+             0.693, 0.8, 0.849, 0.853, 0.758, 0.709, 0.755, 0.773, 0.69, 0.753, 0.708]
+    times = np.repeat(means, 50)
+
+    def replay(length: int) -> list:
+        """The lengths a run planned at ``length`` takes, re-fitted every 50 iterations from the 200th."""
+        hook = main_job.KeepToBudgetHook(planned=2000, started=0.0, budget_seconds=1200.0, val_images=200)
+        lengths = [length]
+        for done in range(200, length, 50):
+            length, _ = hook.refit(done, length, times[:done], now=34.0 + times[:done].sum())
+            if length != lengths[-1]:
+                lengths.append(length)
+            if done + 50 >= length:
+                break
+        return lengths
+
+    # Planned at 1600 from a quick timing (0.655 s/iter), the run is shortened once, to what fits, and stays
+    # there: fitted to the last 100 iterations alone it went 1300, 1400, 1300, 1400, 1300.
+    assert replay(1600) == [1600, 1300]
+    assert 34.0 + times[:1300].sum() + main_job.seconds_after_training(np.median(times), 200) < 1200.0
+    # Planned short from a slow timing, it still lengthens itself, once.
+    assert replay(700) == [700, 1300]
+    # A host that turns slower for good from iteration 600 still shortens the run, to end inside the budget.
+    times[600:] *= 1.3
+    *_, length = replay(1600)
+    assert length < 1300
+    assert 34.0 + times[:length].sum() + main_job.seconds_after_training(np.median(times[-100:]), 200) < 1200.0
 
 
 def test_benchmark_shapes_trains_each_seed_reuses_its_runs_and_refuses_others(tmp_path, tiny_shapes):
