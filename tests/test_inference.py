@@ -16,6 +16,7 @@ import torch
 from mmengine.config import Config
 
 from mmdet.apis import DetInferencer, inference_detector, init_detector
+from projects.acouplenet.runtime import cpu_name, host_info
 from projects.acouplenet.visualization import predict_with_attention
 
 from .conftest import REPO, SHAPES_CONFIG, load_tool
@@ -264,8 +265,9 @@ def test_speed_benchmark_post_processes_alike_and_prints_its_three_latencies(tmp
     assert 'end to end' in text and '| backbone (s) | paired network (s) |' in text
     assert f'| {statistics.median_high(results["acouplenet"]["paired_network_s"]):.4f} | ' in text
     assert 'median (the higher middle one of an even count) of 2 runs after 0 warm-up' in text
-    # The table names the CPU and torch's kernel level for it, which set the times.
-    assert f'{torch.backends.cpu.get_cpu_capability()}), ' in text.splitlines()[0]
+    # The table names the CPU (its family and model too) and torch's kernel level for it, which set the times.
+    assert f'cpu: {cpu_name(host_info())}, ' in text.splitlines()[0]
+    assert f' ({torch.backends.cpu.get_cpu_capability()}), ' in text.splitlines()[0]
     assert 'THP_MEM_ALLOC_ENABLE' not in text
     a, b = results['acouplenet']['paired_network_s'], results['faster-rcnn-300']['paired_network_s']
     low, median, high = bench.paired_ratios(b, a)

@@ -3,6 +3,7 @@ exact resume, DDP on CPU, mim, AMP on CPU and the NaN guard."""
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,12 +78,19 @@ def test_main_job_end_to_end(tmp_path):
     data_sha256 = fingerprint(str(data_root))
     assert saved['dataset']['sha256'] == data_sha256
     assert saved['host']['threads'] == torch.get_num_threads() and saved['host']['cpu_capability']
+    # The CPU's family and model, which tell apart CPUs of one name (x86 Linux lists them).
+    cpuinfo = open('/proc/cpuinfo').read() if os.path.isfile('/proc/cpuinfo') else ''
+    family, model = (re.search(rf'^{key}\s*:\s*(\d+)$', cpuinfo, re.M) for key in ('cpu family', 'model'))
+    assert saved['host']['cpu_id'] == (f'family {family[1]}, model {model[1]}' if family and model else None)
     assert set(saved['metrics']) == {'bbox_mAP', 'bbox_mAP_50', 'bbox_mAP_75', 'bbox_mAP_s', 'bbox_mAP_m',
                                      'bbox_mAP_l'}
     assert all(-1 <= v <= 1 for v in saved['metrics'].values())  # COCOeval gives -1 for an empty size range
     assert saved['train_seconds'] > 0 and saved['peak_memory_mb'] > 0
     markdown = (work_dir / 'report.md').read_text()
     assert '| AP | AP50 |' in markdown
+    host = saved['host']
+    assert (f'- host: {host["cpu"]}{", " + host["cpu_id"] if host["cpu_id"] else ""} ({host["cpu_capability"]}), '
+            f'{host["threads"]} threads') in markdown
     assert 'generated with seed 0' in markdown
     assert ("on cpu, seed 5, learning rate 0.002 (the config's x 2.00, as the run is shorter than its 2000 "
             "iterations)") in markdown

@@ -447,12 +447,12 @@ def main(argv=None):
     profiles = {key: r.pop('profile') for key, r in results.items() if 'profile' in r}
     import torch
 
-    from projects.acouplenet.runtime import host_info
+    from projects.acouplenet.runtime import cpu_name, host_info
     if args.device.startswith('cuda'):
         device = torch.cuda.get_device_name(0)
     else:  # the CPU's model and the kernel level torch picks for it, which set the times
         host = host_info()
-        device = f'cpu ({host["cpu"]}, {host["cpu_capability"]})'
+        device = f'cpu: {cpu_name(host)}'
     threads = torch.get_num_threads() if args.threads is None else args.threads
     runs = (f'median (the higher middle one of an even count) of {args.runs} runs'
             + (f' x {args.rounds} rounds (the models in turn)' if args.rounds > 1 else ''))

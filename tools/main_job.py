@@ -407,6 +407,7 @@ def learning_rate_note(report: dict) -> str:
 def write_report(work_dir: str, report: dict) -> None:
     """``report.json`` and ``report.md``, each written to a temporary file and renamed."""
     from projects.acouplenet.fileio import atomic_write
+    from projects.acouplenet.runtime import cpu_name
     atomic_write(json.dumps(report, indent=2), osp.join(work_dir, 'report.json'))
     m = report['metrics']
     lines = [
@@ -418,8 +419,7 @@ def write_report(work_dir: str, report: dict) -> None:
         f'- training: {report["iterations"]} iterations of {report["batch_size"]} images in '
         f'{report["train_seconds"]:.0f} s ({report["seconds_per_iter"]:.3f} s/iter) on {report["device"]}, '
         f'seed {report["seed"]}, learning rate {report["learning_rate"]:.3g}' + learning_rate_note(report),
-        f'- host: {report["host"]["cpu"]} ({report["host"]["cpu_capability"]}), {report["host"]["threads"]} '
-        f'threads, torch {report["host"]["torch"]}',
+        f'- host: {cpu_name(report["host"])}, {report["host"]["threads"]} threads, torch {report["host"]["torch"]}',
         *schedule_lines(report),
         *([f'- overrides: `{" ".join(f"{k}={v}" for k, v in report["cfg_options"].items())}`']
           if report['cfg_options'] else []),
