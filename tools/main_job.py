@@ -241,9 +241,9 @@ class KeepToBudgetHook(Hook):
     more iterations fit inside that, it is lengthened, up to the config's schedule. Between the two the
     length stays, so that the timing's noise does not move it back and forth. A lengthening must also fit at
     the median time of all the run's iterations so far: a run lengthened to what fits a fast stretch ends at
-    the edge of the budget less its margin, and one of the AVX2 host's speed alternated between stretches of
-    about 0.72 and 0.83 s/iter (the medians of 100), wider apart than the margin, so that a run re-fitted to
-    the last stretch alone went from 1300 iterations to 1400 and back twice (:meth:`refit`).
+    the edge of the budget less its margin, and an AVX2 host's speed alternated between stretches of about
+    0.72 and 0.83 s/iter (the medians of 100), wider apart than the margin, so that a run re-fitted to the
+    last stretch alone went from 1300 iterations to 1400 and back twice (:meth:`refit`).
 
     The schedulers that end with the run (the cosine decay) end with it still: mmengine's are chainable,
     each step scaling the rate it finds, so the rate goes on from where it is along the new length's cosine
