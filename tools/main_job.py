@@ -308,14 +308,15 @@ class KeepToBudgetHook(Hook):
         all the times.
         """
         recent = float(np.median(times[-self.window:]))
+        within_margin = planning_deadline(self.started, self.budget_seconds)
 
         def fitting(seconds_per_iter: float, deadline: float) -> int:
             return done + fit_iterations(self.planned - done, seconds_per_iter, deadline - now, self.val_images)
 
         if length > fitting(recent, self.started + self.budget_seconds):
-            return fitting(recent, planning_deadline(self.started, self.budget_seconds)), recent
+            return fitting(recent, within_margin), recent
         typical = max(recent, float(np.median(times)))
-        longer = fitting(typical, planning_deadline(self.started, self.budget_seconds))
+        longer = fitting(typical, within_margin)
         return (longer, typical) if longer >= length + self.min_gain else (length, recent)
 
     def set_length(self, runner, iterations: int) -> None:
