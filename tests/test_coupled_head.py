@@ -148,7 +148,8 @@ def test_count_decisions_counts_the_agreeing_branches_and_the_branch_each_max_co
         with head.branch_alone('global'):  # one branch alone is not a coupling: not counted
             head(local_bins, global_feats)
     head(local_bins, global_feats)  # nor after the block
-    assert list(counts) == ['agreement', 'max_source']
+    assert list(counts) == ['agreement', 'labelled', 'correct', 'max_source']
+    assert counts['labelled'].sum() == 0  # no true classes given, nothing to be right about
     expected = [[int((~from_global).sum()), int(from_global.sum())],
                 [int((~from_global & is_object).sum()), int((from_global & is_object).sum())]]
     assert counts['max_source'].tolist() == expected
@@ -169,7 +170,7 @@ def test_count_decisions_counts_the_agreeing_branches_and_the_branch_each_max_co
     with head.count_decisions() as counts:
         cls_score, _ = head(local_bins, global_feats)
     assert cls_score.argmax(dim=1).tolist() == [2, 2] and counts['agreement'].tolist() == [[2, 0, 0, 0], [2, 0, 0, 0]]
-    assert list(counts) == ['agreement']  # no maximum, no sources
+    assert list(counts) == ['agreement', 'labelled', 'correct']  # no maximum, no sources
 
     three = _head(with_global=False, local_branches=3, coupling='max')
     with three.count_decisions() as counts:
@@ -181,6 +182,60 @@ def test_count_decisions_counts_the_agreeing_branches_and_the_branch_each_max_co
                                          "'local'"):
         with _head(with_global=False, coupling='max').count_decisions():
             pass
+
+
+def test_count_decisions_counts_the_right_decisions_where_the_rois_true_classes_come():
+    torch.manual_seed(1)
+    head = _head(normalization='conv', coupling='sum')
+    _move_scales_off_identity(head)
+    local_bins, global_feats = torch.randn(80, 9, 3, 3), torch.randn(80, 12, 3, 3)
+    (local_cls, _), (global_cls, _) = _branch_outputs(head, local_bins, global_feats)
+    local_top = head.local_cls_scale(local_cls).argmax(dim=1)
+    global_top = head.global_cls_scale(global_cls).argmax(dim=1)
+    top = (head.local_cls_scale(local_cls) + head.global_cls_scale(global_cls)).argmax(dim=1)
+    labels = torch.randint(0, head.num_classes + 1, (80, ))
+    labels[:30] = top[:30]  # some right, some wrong
+    labels[30:40] = global_top[30:40]
+    with head.count_decisions() as counts:
+        head(local_bins, global_feats, roi_labels=labels)
+        head(local_bins, global_feats)  # without true classes: counted in 'agreement' alone
+    is_object = top != head.num_classes
+    column = (local_top == top).long() + 2 * (global_top == top).long()
+    in_column = [(column == c) & is_object for c in range(4)]
+    assert counts['labelled'].tolist() == [int(m.sum()) for m in in_column]
+    assert counts['agreement'][1].tolist() == [2 * int(m.sum()) for m in in_column]
+    assert counts['correct'].tolist() == [[int((m & (guess == labels)).sum()) for m in in_column]
+                                          for guess in (top, local_top, global_top)]
+    assert 0 < counts['correct'][0].sum() < counts['labelled'].sum() and counts['correct'][2].sum() > 0
+    # Where a branch's own top class is the coupled one, that branch is right exactly where the coupling is.
+    assert counts['correct'][0, 3] == counts['correct'][1, 3] == counts['correct'][2, 3]
+    assert counts['correct'][0, 1] == counts['correct'][1, 1] and counts['correct'][0, 2] == counts['correct'][2, 2]
+
+
+def test_rois_take_the_class_of_the_gt_box_they_overlap_at_iou_0_5():
+    from mmengine.structures import InstanceData
+
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.bbox import HorizontalBoxes
+    from projects.acouplenet.coupled_roi_head import input_gts, label_rois
+    rois = torch.tensor([[0., 0., 0., 10., 10.],    # IoU 1 with the class-2 box
+                         [0., 0., 0., 10., 20.],    # IoU 0.5 with it: still class 2
+                         [0., 0., 0., 10., 21.],    # IoU 100 / 210: the background (4)
+                         [0., 20., 20., 30., 30.],  # IoU 1 with the class-1 box, 0.5 with the class-3 one
+                         [0., 50., 50., 60., 60.],  # overlaps nothing
+                         [1., 0., 0., 10., 10.]])   # image 1 has no objects
+    gts = [(torch.tensor([[0., 0., 10., 10.], [20., 20., 30., 30.], [20., 20., 30., 40.]]), torch.tensor([2, 1, 3])),
+           (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))]
+    assert label_rois(rois, gts, background=4).tolist() == [2, 2, 4, 1, 4, 4]
+    assert label_rois(rois, gts, background=4, iou_thr=0.4).tolist() == [2, 2, 2, 1, 4, 4]
+
+    # The test pipelines load the gt boxes after Resize, in the original image's coordinates.
+    sample = DetDataSample(metainfo=dict(scale_factor=(0.5, 0.25)))
+    sample.gt_instances = InstanceData(bboxes=HorizontalBoxes(torch.tensor([[20., 40., 60., 80.]])),
+                                       labels=torch.tensor([5]))
+    (boxes, classes), = input_gts([sample])
+    assert boxes.tolist() == [[10., 10., 30., 20.]] and classes.tolist() == [5]
+    assert input_gts([sample, DetDataSample(metainfo=dict(scale_factor=(1., 1.)))]) is None  # no gt boxes loaded
 
 
 @pytest.mark.parametrize('normalization', ['conv', 'l2'])

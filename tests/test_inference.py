@@ -380,8 +380,8 @@ def test_flip_tta_detects_a_mirrored_image_as_the_mirror_image(shapes_checkpoint
 
 def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_path, capsys):
     """tools/test.py --branches: the coupled model, then each branch alone, one table, then the branches whose own
-    top class the coupled one was and, for the 'max' coupling, the branch each RoI's top class score came from;
-    single-branch heads and --out refused."""
+    top class the coupled one was, how often each was right, and, for the 'max' coupling, the branch each RoI's
+    top class score came from; single-branch heads and --out refused."""
     from mmdet.registry import MODELS
     from projects.acouplenet import CoupledBBoxHead
     test_tool = load_tool('test')
@@ -395,7 +395,7 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
             seen.append(self._branch_alone) or original_forward(self, *args, **kwargs)))
         results = test_tool.main([str(SHAPES_CONFIG), str(shapes_checkpoint), '--work-dir', str(tmp_path / 'work'),
                                   '--branches', '--cfg-options', *data, 'model.roi_head.bbox_head.coupling=max'])
-    metrics, agreement, max_sources = results
+    metrics, agreement, max_sources, correct = results
     assert list(metrics) == ['coupled', 'local', 'global']
     assert all(set(m) == set(metrics['coupled']) and 'coco/bbox_mAP' in m for m in metrics.values())
     runs = [key for i, key in enumerate(seen) if i == 0 or seen[i - 1] != key]
@@ -411,6 +411,16 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     assert '| RoIs | all | local only | global only | none |' in out and '| RoIs | local | global |' in out
     assert f'| all RoIs | {100 * max_sources["rois"]["local"]:.1f} | {100 * max_sources["rois"]["global"]:.1f} |' in out
     assert f'| top class an object | {100 * agreement["objects"]["all"]:.1f} | ' in out
+    # Every object RoI got its true class from the val images' gt boxes; where a branch's own top class is the
+    # coupled one, it is right exactly where the coupling is; no RoI of the maximum is in 'none': '-'.
+    objects = re.search(r'and of the (\d+) whose top class is an object class', out)[1]
+    assert re.search(r'Right \(percent of the (\d+) RoIs whose top class', out)[1] == objects
+    assert list(correct) == ['coupled', 'local', 'global'] and list(correct['local']) == list(agreement['objects'])
+    assert correct['local']['all'] == correct['global']['all'] == correct['coupled']['all']
+    assert correct['local']['local only'] == correct['coupled']['local only']
+    assert correct['global']['global only'] == correct['coupled']['global only']
+    assert all(rate == -1 for rate in (correct[row]['none'] for row in correct))
+    assert f'| coupled class | {100 * correct["coupled"]["all"]:.1f} | ' in out and '| - |' in out
     # Two CPU processes (tools/dist_test.sh, gloo) test two images each: the counts are summed over both.
     rois = re.search(r'percent of (\d+) RoIs', out)[1]
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000), OMP_NUM_THREADS='1',

@@ -6,8 +6,9 @@
 
 ``--branches`` (this project's) tests a coupled model once as it is and once per branch alone, and prints
 the metrics side by side, then how often the coupled top class of a RoI was each branch's own (both
-branches', one's, neither's) and, for a model coupled by 'max', the share of RoIs whose top class score each
-branch supplied.
+branches', one's, neither's), how often the coupled class and each branch's own was right in each case (the
+true class of a RoI: that of the gt box it overlaps at IoU >= 0.5, else the background) and, for a model
+coupled by 'max', the share of RoIs whose top class score each branch supplied.
 """
 import argparse
 import os
@@ -15,6 +16,7 @@ import os.path as osp
 import sys
 from typing import NamedTuple, Optional
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.dist import all_reduce, is_main_process
 from mmengine.runner import Runner
@@ -99,6 +101,9 @@ class BranchResults(NamedTuple):
     agreement: dict
     # 'max' coupling: the RoIs by the branch whose top class score the maximum took; else None.
     max_sources: Optional[dict]
+    # {'coupled': {column: share}, 'local': ..., 'global': ...}: of the object RoIs in each agreement column, the
+    # share whose coupled class, or the branch's own top class, is the true one; None without gt boxes.
+    correct: Optional[dict] = None
 
 
 def evaluate_branches(runner: Runner, config: str) -> BranchResults:
@@ -120,6 +125,12 @@ def evaluate_branches(runner: Runner, config: str) -> BranchResults:
     order = sorted(range(len(labels)), key=lambda column: (-bin(column).count('1'), column))
     agreement = shares(counts['agreement'][:, order], [labels[column] for column in order])
     max_sources = shares(counts['max_source'], head.branch_names) if 'max_source' in counts else None
+    correct = None
+    if counts['labelled'].sum() > 0:
+        labelled = counts['labelled'][order].double()
+        rates = torch.where(labelled > 0, counts['correct'][:, order] / labelled.clamp(min=1), -1.0)  # -1: '-'
+        correct = {row: dict(zip(agreement['objects'], rate.tolist()))
+                   for row, rate in zip(('coupled', ) + head.branch_names, rates)}
     if is_main_process():
         print(metrics_table(metrics, corner='scores of'))
         num_rois = f'percent of {int(counts["agreement"][0].sum())} RoIs and of the ' \
@@ -130,7 +141,12 @@ def evaluate_branches(runner: Runner, config: str) -> BranchResults:
         for title, table in tables:
             print(f'\n{title} ({num_rois}):\n')
             print(metrics_table({'all RoIs': table['rois'], 'top class an object': table['objects']}, corner='RoIs'))
-    return BranchResults(metrics, agreement, max_sources)
+        if correct is not None:
+            print(f'\nRight (percent of the {int(counts["labelled"].sum())} RoIs whose top class is an object class, '
+                  f'by the branches whose own top class the coupled one was; a RoI\'s true class is that of the gt '
+                  f'box it overlaps at IoU >= 0.5, else the background):\n')
+            print(metrics_table({f'{row} class': rates for row, rates in correct.items()}, corner='RoIs'))
+    return BranchResults(metrics, agreement, max_sources, correct)
 
 
 def shares(counts, columns) -> dict:

@@ -410,12 +410,26 @@ class CoupledBBoxHead(BBoxHead):
           tie). Whether the maximum mixes the branches or splits the work
           between them (one branch supplying the object classes, the other
           the background).
+
+        Where the RoIs come with their true classes (``roi_labels`` of
+        :meth:`forward`, which :class:`CoupledRoIHead` gives from the gt boxes
+        while counting), whether each decision was right, over the RoIs whose
+        coupled top class is a foreground class (row 1 of ``'agreement'``):
+
+        * ``'labelled'``, (2**B,): those RoIs with a true class, by the
+          agreement column;
+        * ``'correct'``, (1 + B, 2**B): of them, those whose coupled top
+          class (row 0) and whose branch b's own top class (row 1 + b) is the
+          true class. Where no branch agrees (column 0) a right coupled class
+          is one that every branch alone got wrong.
         """
         if not self.coupled:
             raise ValueError(f'CoupledBBoxHead: count_decisions needs a coupled head; this one has the single '
                              f'branch {self.branch_names[0]!r}')
         num_branches = len(self.branch_names)
-        counts = {'agreement': torch.zeros(2, 2**num_branches, dtype=torch.long)}
+        counts = {'agreement': torch.zeros(2, 2**num_branches, dtype=torch.long),
+                  'labelled': torch.zeros(2**num_branches, dtype=torch.long),
+                  'correct': torch.zeros(1 + num_branches, 2**num_branches, dtype=torch.long)}
         if self.coupling == 'max':
             counts['max_source'] = torch.zeros(2, num_branches, dtype=torch.long)
         previous, self._decisions = self._decisions, counts
@@ -423,6 +437,11 @@ class CoupledBBoxHead(BBoxHead):
             yield counts
         finally:
             self._decisions = previous
+
+    @property
+    def counting_decisions(self) -> bool:
+        """Inside :meth:`count_decisions`, where the coupled scores are counted (not inside :meth:`branch_alone`)."""
+        return self._decisions is not None and self._branch_alone is None
 
     def agreement_labels(self) -> Tuple[str, ...]:
         """Names of :meth:`count_decisions`' agreement columns: 'none', 'local only', ..., 'all'."""
@@ -477,7 +496,8 @@ class CoupledBBoxHead(BBoxHead):
         return maps
 
     def forward(self, local_bins: Optional[Tensor] = None, global_feats: Optional[Tensor] = None,
-                local_context_bins: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                local_context_bins: Optional[Tensor] = None,
+                roi_labels: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         """Scores and box deltas of n RoIs.
 
         Args:
@@ -488,6 +508,8 @@ class CoupledBBoxHead(BBoxHead):
             local_context_bins (Tensor, optional): PS-pooled local maps of the
                 context regions, (n, B*(C+1+R), k, k), for
                 ``context_branch='local'``.
+            roi_labels (Tensor, optional): (n,) the true class of each RoI
+                (C for the background), read only by :meth:`count_decisions`.
 
         Returns:
             tuple: ``cls_score`` (n, C+1) and ``bbox_pred`` (n, R).
@@ -517,30 +539,41 @@ class CoupledBBoxHead(BBoxHead):
             branch_reg.append(self.fc_reg(g))
         if not self.coupled:
             return branch_cls[0], branch_reg[0]
-        return self._couple(branch_cls, 'cls'), self._couple(branch_reg, 'reg')
+        return self._couple(branch_cls, 'cls', roi_labels), self._couple(branch_reg, 'reg')
 
-    def _couple(self, branches: List[Tensor], kind: str) -> Tensor:
+    def _couple(self, branches: List[Tensor], kind: str, roi_labels: Optional[Tensor] = None) -> Tensor:
         """Normalise each branch's (n, D) output where it applies (:meth:`_normalizes`) and fold them with the
-        coupling (associative); inside :meth:`branch_alone` only that branch's output."""
+        coupling (associative); inside :meth:`branch_alone` only that branch's output. ``roi_labels``: see
+        :meth:`forward`."""
         branches = [self._normalize(out, name, kind) if self._normalizes(name, kind) else out
                     for name, out in zip(self.branch_names, branches)
                     if self._branch_alone in (None, name)]
         coupled = functools.reduce(functools.partial(couple, coupling=self.coupling), branches)
-        if kind == 'cls' and self._decisions is not None and self._branch_alone is None:
-            self._count_decisions(torch.stack(branches).detach(), coupled.detach())
+        if kind == 'cls' and self.counting_decisions:
+            self._count_decisions(torch.stack(branches).detach(), coupled.detach(), roi_labels)
         return coupled
 
-    def _count_decisions(self, cls_scores: Tensor, coupled: Tensor) -> None:
+    def _count_decisions(self, cls_scores: Tensor, coupled: Tensor, roi_labels: Optional[Tensor] = None) -> None:
         """Add n RoIs to :meth:`count_decisions`' counts.
 
         ``cls_scores``: the (B, n, C+1) normalised class scores of the B
-        branches; ``coupled``: their (n, C+1) coupling.
+        branches; ``coupled``: their (n, C+1) coupling; ``roi_labels``: the
+        RoIs' (n,) true classes, or None.
         """
         top_class = coupled.argmax(dim=1)  # (n,)
         is_object = (top_class != self.num_classes).cpu()  # mmdet's background is the last class
-        agrees = cls_scores.argmax(dim=2) == top_class  # (B, n)
+        branch_top = cls_scores.argmax(dim=2)  # (B, n)
+        agrees = branch_top == top_class
         bits = 2**torch.arange(agrees.size(0), device=agrees.device)
         column = (agrees.long() * bits[:, None]).sum(dim=0).cpu()
+        if roi_labels is not None:
+            labelled = self._decisions['labelled']
+            object_column = column[is_object]
+            labelled += torch.bincount(object_column, minlength=labelled.numel())
+            # (1 + B, n) whether the coupled class and each branch's own top class is the true one
+            right = (torch.cat([top_class[None], branch_top]) == roi_labels.to(top_class.device)).cpu()
+            for row, right_row in zip(self._decisions['correct'], right):
+                row += torch.bincount(object_column[right_row[is_object]], minlength=row.numel())
         columns = {'agreement': column}
         if 'max_source' in self._decisions:
             at_top_class = cls_scores[:, torch.arange(top_class.numel(), device=top_class.device), top_class]  # (B, n)

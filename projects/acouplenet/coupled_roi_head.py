@@ -15,14 +15,16 @@ survive the per-image slicing ``[t[i][None] for t in x]`` that mmdet's
 ``OHEMSampler`` does, so OHEM sees the right image size for every RoI.
 """
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
+from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
 from mmdet.utils import ConfigType, InstanceList
 
 from .roi_extractors import context_rois, pool_roi_sets
@@ -55,6 +57,8 @@ class CoupledRoIHead(StandardRoIHead):
             raise ValueError(f'CoupledRoIHead: bbox_head {type(self.bbox_head).__name__} has no forward_maps; '
                              f'use CoupledBBoxHead')
         self._check_extractors()
+        # Each image's gt boxes and classes while the box head counts its decisions (predict sets them).
+        self._count_gts: Optional[List[Tuple[Tensor, Tensor]]] = None
 
     def _check_extractors(self) -> None:
         """Both branches pool k x k bins of one stride-``s`` level: a mismatch would otherwise surface as a
@@ -131,8 +135,14 @@ class CoupledRoIHead(StandardRoIHead):
 
     def predict(self, x: Tuple[Tensor], rpn_results_list: InstanceList, batch_data_samples: SampleList,
                 rescale: bool = False) -> InstanceList:
-        return super().predict(self.head_inputs(x, batch_data_samples), rpn_results_list, batch_data_samples,
-                               rescale=rescale)
+        # While the box head counts how the coupling decides, the RoIs' true classes (from the gt boxes, where
+        # the test data has them) tell it whether each decision was right.
+        self._count_gts = input_gts(batch_data_samples) if self.bbox_head.counting_decisions else None
+        try:
+            return super().predict(self.head_inputs(x, batch_data_samples), rpn_results_list, batch_data_samples,
+                                   rescale=rescale)
+        finally:
+            self._count_gts = None
 
     # -- per-RoI forward --------------------------------------------------------------------------
     def _bbox_forward(self, x: Sequence[Tensor], rois: Tensor) -> dict:
@@ -163,5 +173,46 @@ class CoupledRoIHead(StandardRoIHead):
                 global_feats = pool_roi_sets(self.bbox_roi_extractor, maps['global'], (rois, ctx_rois))
             else:
                 global_feats = self.bbox_roi_extractor((maps['global'], ), rois)
-        cls_score, bbox_pred = head(local_bins, global_feats, local_context_bins)
+        roi_labels = None if self._count_gts is None else label_rois(rois, self._count_gts, head.num_classes)
+        cls_score, bbox_pred = head(local_bins, global_feats, local_context_bins, roi_labels)
         return dict(cls_score=cls_score, bbox_pred=bbox_pred, bbox_feats=global_feats)
+
+
+def input_gts(batch_data_samples: SampleList) -> Optional[List[Tuple[Tensor, Tensor]]]:
+    """Each test image's gt boxes, (m, 4) in the network input's coordinates, and classes, (m,).
+
+    mmdet's test pipelines load the annotations after ``Resize``, so the
+    boxes come in the original image's coordinates: scaled here by each
+    sample's ``scale_factor``. None where a sample has no gt boxes loaded
+    (e.g. COCO test-dev).
+    """
+    gts = []
+    for sample in batch_data_samples:
+        gt = sample.get('gt_instances')
+        if gt is None or 'bboxes' not in gt or 'scale_factor' not in sample.metainfo:
+            return None
+        boxes = get_box_tensor(gt.bboxes)
+        gts.append((boxes * boxes.new_tensor(sample.metainfo['scale_factor']).repeat(2), gt.labels))
+    return gts
+
+
+def label_rois(rois: Tensor, gts: Sequence[Tuple[Tensor, Tensor]], background: int,
+               iou_thr: float = 0.5) -> Tensor:
+    """The true class of each RoI: that of the gt box it overlaps most, where the IoU is at least ``iou_thr``.
+
+    Args:
+        rois: (n, 5) ``(batch_index, x1, y1, x2, y2)``.
+        gts: per image, (m, 4) gt boxes in the RoIs' coordinates and their (m,) classes.
+        background: the class of a RoI that overlaps no gt box enough (mmdet's C).
+
+    Returns:
+        Tensor: (n,) int64.
+    """
+    labels = torch.full((rois.size(0), ), background, dtype=torch.long, device=rois.device)
+    for image, (boxes, classes) in enumerate(gts):
+        in_image = rois[:, 0] == image
+        if boxes.numel() == 0 or not bool(in_image.any()):
+            continue
+        best_iou, best_gt = bbox_overlaps(rois[in_image, 1:], boxes.to(rois)).max(dim=1)
+        labels[in_image] = torch.where(best_iou >= iou_thr, classes.to(labels)[best_gt], background)
+    return labels
