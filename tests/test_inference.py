@@ -414,13 +414,15 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     # Every object RoI got its true class from the val images' gt boxes; where a branch's own top class is the
     # coupled one, it is right exactly where the coupling is; no RoI of the maximum is in 'none': '-'.
     objects = re.search(r'and of the (\d+) whose top class is an object class', out)[1]
-    assert re.search(r'Right \(percent of the (\d+) RoIs whose top class', out)[1] == objects
+    assert re.search(r'in percent of the (\d+) RoIs whose top class is an object class, by the', out)[1] == objects
     assert list(correct) == ['coupled', 'local', 'global'] and list(correct['local']) == list(agreement['objects'])
     assert correct['local']['all'] == correct['global']['all'] == correct['coupled']['all']
     assert correct['local']['local only'] == correct['coupled']['local only']
     assert correct['global']['global only'] == correct['coupled']['global only']
     assert all(rate == -1 for rate in (correct[row]['none'] for row in correct))
-    assert f'| coupled class | {100 * correct["coupled"]["all"]:.1f} | ' in out and '| - |' in out
+    right = out[out.index('| right | all | local only | global only | none |'):]
+    assert f'| coupled | {100 * correct["coupled"]["all"]:.1f} | ' in right and '| global alone | ' in right
+    assert right.split('\n')[2].endswith('| - |')  # 'none'
     # Two CPU processes (tools/dist_test.sh, gloo) test two images each: the counts are summed over both.
     rois = re.search(r'percent of (\d+) RoIs', out)[1]
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000), OMP_NUM_THREADS='1',

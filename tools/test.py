@@ -142,10 +142,11 @@ def evaluate_branches(runner: Runner, config: str) -> BranchResults:
             print(f'\n{title} ({num_rois}):\n')
             print(metrics_table({'all RoIs': table['rois'], 'top class an object': table['objects']}, corner='RoIs'))
         if correct is not None:
-            print(f'\nRight (percent of the {int(counts["labelled"].sum())} RoIs whose top class is an object class, '
-                  f'by the branches whose own top class the coupled one was; a RoI\'s true class is that of the gt '
-                  f'box it overlaps at IoU >= 0.5, else the background):\n')
-            print(metrics_table({f'{row} class': rates for row, rates in correct.items()}, corner='RoIs'))
+            print(f'\nRight: the top class that was the RoI\'s true class (that of the gt box it overlaps at IoU >= '
+                  f'0.5, else the background), in percent of the {int(counts["labelled"].sum())} RoIs whose top class '
+                  f'is an object class, by the branches whose own top class the coupled one was:\n')
+            print(metrics_table({'coupled' if row == 'coupled' else f'{row} alone': rates
+                                 for row, rates in correct.items()}, corner='right'))
     return BranchResults(metrics, agreement, max_sources, correct)
 
 
