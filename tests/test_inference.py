@@ -421,8 +421,9 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     assert correct['global']['global only'] == correct['coupled']['global only']
     assert all(rate == -1 for rate in (correct[row]['none'] for row in correct))
     right = out[out.index('| right | all | local only | global only | none |'):]
-    assert f'| coupled | {100 * correct["coupled"]["all"]:.1f} | ' in right and '| global alone | ' in right
-    assert right.split('\n')[2].endswith('| - |')  # 'none'
+    coupled_row = '| coupled | ' + ' | '.join('-' if rate < 0 else f'{100 * rate:.1f}'  # '-': no RoI there
+                                              for rate in correct['coupled'].values()) + ' |'
+    assert right.split('\n')[2] == coupled_row and coupled_row.endswith('| - |') and '| global alone | ' in right
     # Two CPU processes (tools/dist_test.sh, gloo) test two images each: the counts are summed over both.
     rois = re.search(r'percent of (\d+) RoIs', out)[1]
     env = dict(os.environ, PYTHON=sys.executable, PORT=str(29600 + os.getpid() % 1000), OMP_NUM_THREADS='1',
@@ -433,6 +434,8 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert dist.returncode == 0, dist.stderr[-3000:]
     assert re.search(r'percent of (\d+) RoIs', dist.stdout)[1] == rois and int(rois) > 4
+    assert re.search(r'in percent of the (\d+) RoIs whose top class is an object class', dist.stdout)[1] == objects
+    assert coupled_row in dist.stdout  # the right decisions summed alike
 
     rfcn_config = REPO / 'configs/shapes/rfcn_r18-w32_1xb4-2k_shapes.py'
     rfcn = tmp_path / 'rfcn.pth'
