@@ -156,6 +156,27 @@ def test_voc_metric_on_the_voc_test_split(voc_sbd):
         dataset[index]
 
 
+def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd):
+    """tools/test.py --tta on VOC: both views of a test image, flipped and not, carry the plain test's gt boxes, in
+    the original image's frame where VOCMetric compares them with the rescaled detections (it keeps the flipped
+    view's sample), not flipped about the resized image's width."""
+    from projects.acouplenet.runtime import apply_tta
+    root, _, _ = voc_sbd
+    cfg = Config.fromfile(str(REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'))
+    cfg.test_dataloader.dataset.data_root = str(root) + '/'
+    plain = DATASETS.build(cfg.test_dataloader.dataset)
+    tta = DATASETS.build(apply_tta(cfg).test_dataloader.dataset)
+    for i in range(len(plain)):
+        sample = plain[i]['data_samples']
+        views = tta[i]['data_samples']
+        assert [view.flip for view in views] == [True, False] and sample.img_shape != sample.ori_shape
+        for view in views:
+            assert view.img_shape == sample.img_shape
+            torch.testing.assert_close(view.gt_instances.bboxes.tensor, sample.gt_instances.bboxes.tensor)
+            torch.testing.assert_close(view.gt_instances.labels, sample.gt_instances.labels)
+        assert torch.equal(tta[i]['inputs'][0], tta[i]['inputs'][1].flip(-1))  # the image itself is flipped
+
+
 def test_voc_batch_trains_acouplenet_with_sbd_masks(voc_sbd, tmp_path):
     import subprocess
     import sys

@@ -103,9 +103,16 @@ def apply_tta(cfg: Config) -> Config:
                              f'{pipeline[-1].get("type") if pipeline else "nothing"}. Add a tta_pipeline to the '
                              'config (see mmdet\'s configs/retinanet/retinanet_tta.py)')
         meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
-        pipeline[-1] = dict(type='TestTimeAug',
-                            transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
-                                        [dict(type='PackDetInputs', meta_keys=meta_keys)]])
+        # The flip goes before the annotations are loaded: a test pipeline loads them after Resize, so that the
+        # gt boxes stay in the original image's frame, where mmdet's VOCMetric compares them with the rescaled
+        # detections (and the merged sample is the flipped view's); RandomFlip would flip them about the
+        # resized image's width.
+        flip_at = next((i for i, step in enumerate(pipeline) if step.get('type') == 'LoadAnnotations'),
+                       len(pipeline) - 1)
+        pipeline[flip_at:] = [dict(type='TestTimeAug',
+                                   transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+                                               *([step] for step in pipeline[flip_at:-1]),
+                                               [dict(type='PackDetInputs', meta_keys=meta_keys)]])]
         cfg.tta_pipeline = pipeline
     cfg.model = dict(**cfg.tta_model, module=cfg.model)
     dataset.pipeline = cfg.tta_pipeline
