@@ -235,6 +235,10 @@ def test_rois_take_the_class_of_the_gt_box_they_overlap_at_iou_0_5():
                                        labels=torch.tensor([5]))
     (boxes, classes), = input_gts([sample])
     assert boxes.tolist() == [[10., 10., 30., 20.]] and classes.tolist() == [5]
+    # The flipped view of test-time augmentation: scaled, then mirrored in the 100 pixels wide input.
+    sample.set_metainfo(dict(flip=True, flip_direction='horizontal', img_shape=(50, 100)))
+    (boxes, _), = input_gts([sample])
+    assert boxes.tolist() == [[70., 10., 90., 20.]]
     assert input_gts([sample, DetDataSample(metainfo=dict(scale_factor=(1., 1.)))]) is None  # no gt boxes loaded
 
 

@@ -24,7 +24,7 @@ from torch.nn.modules.utils import _pair
 from mmdet.models.roi_heads import StandardRoIHead
 from mmdet.registry import MODELS
 from mmdet.structures import SampleList
-from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
+from mmdet.structures.bbox import bbox_flip, bbox_overlaps, get_box_tensor
 from mmdet.utils import ConfigType, InstanceList
 
 from .roi_extractors import context_rois, pool_roi_sets
@@ -181,10 +181,11 @@ class CoupledRoIHead(StandardRoIHead):
 def input_gts(batch_data_samples: SampleList) -> Optional[List[Tuple[Tensor, Tensor]]]:
     """Each test image's gt boxes, (m, 4) in the network input's coordinates, and classes, (m,).
 
-    mmdet's test pipelines load the annotations after ``Resize``, so the
-    boxes come in the original image's coordinates: scaled here by each
-    sample's ``scale_factor``. None where a sample has no gt boxes loaded
-    (e.g. COCO test-dev).
+    A test sample's gt boxes are in the original image's frame (mmdet's test
+    pipelines load them after ``Resize``; VOCMetric compares them with the
+    rescaled detections): scaled here by the sample's ``scale_factor`` and,
+    for the flipped view of test-time augmentation, flipped as the image was.
+    None where a sample has no gt boxes loaded (e.g. COCO test-dev).
     """
     gts = []
     for sample in batch_data_samples:
@@ -192,7 +193,10 @@ def input_gts(batch_data_samples: SampleList) -> Optional[List[Tuple[Tensor, Ten
         if gt is None or 'bboxes' not in gt or 'scale_factor' not in sample.metainfo:
             return None
         boxes = get_box_tensor(gt.bboxes)
-        gts.append((boxes * boxes.new_tensor(sample.metainfo['scale_factor']).repeat(2), gt.labels))
+        boxes = boxes * boxes.new_tensor(sample.metainfo['scale_factor']).repeat(2)
+        if sample.metainfo.get('flip', False):
+            boxes = bbox_flip(boxes, sample.metainfo['img_shape'], sample.metainfo['flip_direction'])
+        gts.append((boxes, gt.labels))
     return gts
 
 
