@@ -156,14 +156,18 @@ def test_voc_metric_on_the_voc_test_split(voc_sbd):
         dataset[index]
 
 
-def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd):
-    """tools/test.py --tta on VOC: both views of a test image, flipped and not, carry the plain test's gt boxes, in
-    the original image's frame where VOCMetric compares them with the rescaled detections (it keeps the flipped
-    view's sample), not flipped about the resized image's width."""
+@pytest.mark.parametrize('tta_pipeline', ['the config\'s', 'the default'])
+def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd, tta_pipeline):
+    """--tta on VOC: both views of a test image, flipped and not, carry the plain test's gt boxes, in the original
+    image's frame where VOCMetric compares them with the rescaled detections (it keeps the flipped view's sample),
+    not flipped about the resized image's width. With the VOC configs' tta_pipeline (which mmdet's own test.py
+    under `mim test --tta` also takes) and with tools/test.py's default for a config without one."""
     from projects.acouplenet.runtime import apply_tta
     root, _, _ = voc_sbd
     cfg = Config.fromfile(str(REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'))
     cfg.test_dataloader.dataset.data_root = str(root) + '/'
+    if tta_pipeline == 'the default':
+        cfg.pop('tta_pipeline')
     plain = DATASETS.build(cfg.test_dataloader.dataset)
     tta = DATASETS.build(apply_tta(cfg).test_dataloader.dataset)
     for i in range(len(plain)):
