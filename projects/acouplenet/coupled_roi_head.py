@@ -185,7 +185,10 @@ def input_gts(batch_data_samples: SampleList) -> Optional[List[Tuple[Tensor, Ten
     pipelines load them after ``Resize``; VOCMetric compares them with the
     rescaled detections): scaled here by the sample's ``scale_factor`` and,
     for the flipped view of test-time augmentation, flipped as the image was.
-    None where a sample has no gt boxes loaded (e.g. COCO test-dev).
+    None where a sample has no gt boxes loaded (e.g. COCO test-dev). The
+    objects the metrics ignore (VOC's difficult ones, COCO's crowds: the
+    ``ignored_instances``) are not among them: a RoI on one counts as the
+    background.
     """
     gts = []
     for sample in batch_data_samples:
