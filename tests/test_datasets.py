@@ -156,7 +156,7 @@ def test_voc_metric_on_the_voc_test_split(voc_sbd):
         dataset[index]
 
 
-@pytest.mark.parametrize('tta_pipeline', ['the config\'s', 'the default'])
+@pytest.mark.parametrize('tta_pipeline', ['the config\'s', 'the default', 'the default, scoped step names'])
 def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd, tta_pipeline):
     """--tta on VOC: both views of a test image, flipped and not, carry the plain test's gt boxes, in the original
     image's frame where VOCMetric compares them with the rescaled detections (it keeps the flipped view's sample),
@@ -166,8 +166,12 @@ def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd, tta_pipe
     root, _, _ = voc_sbd
     cfg = Config.fromfile(str(REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'))
     cfg.test_dataloader.dataset.data_root = str(root) + '/'
-    if tta_pipeline == 'the default':
+    if tta_pipeline != 'the config\'s':
         cfg.pop('tta_pipeline')
+    if tta_pipeline == 'the default, scoped step names':
+        for step in cfg.test_dataloader.dataset.pipeline:
+            if step.type in ('LoadAnnotations', 'PackDetInputs'):
+                step.type = f'mmdet.{step.type}'
     plain = DATASETS.build(cfg.test_dataloader.dataset)
     tta = DATASETS.build(apply_tta(cfg).test_dataloader.dataset)
     for i in range(len(plain)):

@@ -85,7 +85,8 @@ def apply_tta(cfg: Config) -> Config:
 
     The config's own ``tta_model`` and ``tta_pipeline`` are used when it has
     them; otherwise mmdet's defaults: each image tested as it is and flipped
-    horizontally, the two detection sets merged by NMS at IoU 0.5, 100 kept.
+    horizontally, the two detection sets merged by NMS at IoU 0.5, 100 kept,
+    but with the flip before the annotations load (see below).
     The paper reports single-scale, unflipped testing (Sec. IV-A): TTA is a
     user's option, not part of the method.
     """
@@ -97,9 +98,9 @@ def apply_tta(cfg: Config) -> Config:
     dataset = inner_dataset_cfg(cfg.test_dataloader.dataset)
     if 'tta_pipeline' not in cfg:
         pipeline = copy.deepcopy(dataset.pipeline)
-        if not pipeline or pipeline[-1].get('type') != 'PackDetInputs':
-            raise ValueError('--tta without a tta_pipeline in the config replaces the test pipeline\'s last step, '
-                             'PackDetInputs, by flipped and unflipped copies; this test pipeline ends with '
+        if not pipeline or pipeline[-1].get('type') not in ('PackDetInputs', 'mmdet.PackDetInputs'):
+            raise ValueError('--tta without a tta_pipeline in the config packs flipped and unflipped copies with '
+                             'the test pipeline\'s last step, PackDetInputs; this test pipeline ends with '
                              f'{pipeline[-1].get("type") if pipeline else "nothing"}. Add a tta_pipeline to the '
                              'config (see mmdet\'s configs/retinanet/retinanet_tta.py)')
         meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
@@ -107,8 +108,8 @@ def apply_tta(cfg: Config) -> Config:
         # gt boxes stay in the original image's frame, where mmdet's VOCMetric compares them with the rescaled
         # detections (and the merged sample is the flipped view's); RandomFlip would flip them about the
         # resized image's width.
-        flip_at = next((i for i, step in enumerate(pipeline) if step.get('type') == 'LoadAnnotations'),
-                       len(pipeline) - 1)
+        flip_at = next((i for i, step in enumerate(pipeline)
+                        if step.get('type') in ('LoadAnnotations', 'mmdet.LoadAnnotations')), len(pipeline) - 1)
         pipeline[flip_at:] = [dict(type='TestTimeAug',
                                    transforms=[[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
                                                *([step] for step in pipeline[flip_at:-1]),
