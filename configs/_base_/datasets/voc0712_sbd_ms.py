@@ -11,14 +11,6 @@ train_pipeline = [
     dict(type='PackDetInputs')
 ]
 # The pipeline sits inside the ConcatDataset's list, which inheritance replaces whole.
-voc07 = dict(
-    type='VOCSBDDataset',
-    data_root={{_base_.data_root}},
-    ann_file='VOC2007/ImageSets/Main/trainval.txt',
-    data_prefix=dict(sub_data_root='VOC2007/'),
-    sbd_ann_file='SBD/sbd_instances.json',
-    filter_cfg=dict(filter_empty_gt=True, min_size=32, bbox_min_size=32),
-    pipeline=train_pipeline,
-    backend_args={{_base_.backend_args}})
-voc12 = dict(voc07, ann_file='VOC2012/ImageSets/Main/trainval.txt', data_prefix=dict(sub_data_root='VOC2012/'))
+voc07 = dict(_base_.voc07, pipeline=train_pipeline)
+voc12 = dict(_base_.voc12, pipeline=train_pipeline)
 train_dataloader = dict(dataset=dict(datasets=[voc07, voc12]))
