@@ -20,6 +20,7 @@ from .conftest import REPO, shrink_model_cfg, tiny_train_cfg, write_voc_image
 
 BASES = REPO / 'configs' / '_base_' / 'datasets'
 COCO_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_8xb2-ms-180k_coco.py'
+VOC_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'
 
 
 def _train_dataset(config, data_root, **dataset_overrides):
@@ -156,19 +157,16 @@ def test_voc_metric_on_the_voc_test_split(voc_sbd):
         dataset[index]
 
 
-@pytest.mark.parametrize('tta_pipeline', ['the config\'s', 'the default', 'the default, scoped step names'])
-def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd, tta_pipeline):
-    """--tta on VOC: both views of a test image, flipped and not, carry the plain test's gt boxes, in the original
-    image's frame where VOCMetric compares them with the rescaled detections (it keeps the flipped view's sample),
-    not flipped about the resized image's width. With the VOC configs' tta_pipeline (which mmdet's own test.py
-    under `mim test --tta` also takes) and with tools/test.py's default for a config without one."""
+@pytest.mark.parametrize('step_names', ['plain', 'scoped'])
+def test_test_tool_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd, step_names):
+    """tools/test.py --tta on VOC: both views of a test image, flipped and not, carry the plain test's gt boxes, in
+    the original image's frame where VOCMetric compares them with the rescaled detections and where --branches
+    flips them with the view, not flipped about the resized image's width."""
     from projects.acouplenet.runtime import apply_tta
     root, _, _ = voc_sbd
-    cfg = Config.fromfile(str(REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'))
+    cfg = Config.fromfile(str(VOC_CONFIG))
     cfg.test_dataloader.dataset.data_root = str(root) + '/'
-    if tta_pipeline != 'the config\'s':
-        cfg.pop('tta_pipeline')
-    if tta_pipeline == 'the default, scoped step names':
+    if step_names == 'scoped':
         for step in cfg.test_dataloader.dataset.pipeline:
             if step.type in ('LoadAnnotations', 'PackDetInputs'):
                 step.type = f'mmdet.{step.type}'
@@ -185,6 +183,58 @@ def test_flip_tta_keeps_the_voc_gt_boxes_in_the_original_frame(voc_sbd, tta_pipe
         assert torch.equal(tta[i]['inputs'][0], tta[i]['inputs'][1].flip(-1))  # the image itself is flipped
 
 
+class _OracleDetector(torch.nn.Module):
+    """Finds each object of a test image: its gt boxes in the original frame, flipped for a flipped view."""
+
+    def __init__(self, gts):
+        super().__init__()
+        self.gts = gts  # img_id -> the plain test's gt_instances
+
+    def test_step(self, data):
+        from mmdet.structures.bbox import bbox_flip
+        from mmengine.structures import InstanceData
+        for sample in data['data_samples']:
+            gt = self.gts[sample.img_id]
+            boxes = gt.bboxes.tensor
+            if sample.flip:
+                boxes = bbox_flip(boxes, sample.ori_shape, sample.flip_direction)
+            sample.pred_instances = InstanceData(bboxes=boxes, scores=torch.ones(len(boxes)), labels=gt.labels)
+        return data['data_samples']
+
+
+def test_mmdet_test_py_flip_tta_evaluates_voc_on_the_gt_boxes_as_loaded(voc_sbd):
+    """`mim test --tta` (mmdet's tools/test.py) on a VOC config: mmdet's default TTA pipeline flips the first view,
+    gt boxes included (about the resized image's width), and its DetTTAModel returns that view's sample; the
+    configs' UnflippedViewTTAModel returns the unflipped view's, so a detector that finds every object scores
+    mAP 1, which it does not with DetTTAModel."""
+    root, _, _ = voc_sbd
+    cfg = Config.fromfile(str(VOC_CONFIG))
+    cfg.test_dataloader.dataset.data_root = str(root) + '/'
+    assert cfg.tta_model.type == 'UnflippedViewTTAModel' and 'tta_pipeline' not in cfg
+    plain = DATASETS.build(cfg.test_dataloader.dataset)
+    # The TTA pipeline as mmdet 3.3's tools/test.py builds it for a config without one.
+    pipeline = cfg.test_dataloader.dataset.pipeline[:-1] + [dict(type='TestTimeAug', transforms=[
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
+        [dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                                               'flip', 'flip_direction'))]])]
+    tta = DATASETS.build(dict(cfg.test_dataloader.dataset, pipeline=pipeline))
+    gts = {plain[i]['data_samples'].img_id: plain[i]['data_samples'].gt_instances for i in range(len(plain))}
+    ours = MODELS.build(dict(cfg.tta_model, module=_OracleDetector(gts)))
+    assert ours.tta_cfg == dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)  # mmdet's test.py's
+    mmdet_model = MODELS.build(dict(type='DetTTAModel', tta_cfg=ours.tta_cfg, module=ours.module))
+    mean_ap = {}
+    for model in (ours, mmdet_model):
+        metric = VOCMetric(metric='mAP', eval_mode='11points')
+        metric.dataset_meta = tta.metainfo
+        for i in range(len(tta)):
+            merged, = model.test_step(pseudo_collate([tta[i]]))
+            assert len(merged.pred_instances) == len(gts[merged.img_id])  # the two views' boxes, merged by NMS
+            metric.process({}, [merged.to_dict()])
+        mean_ap[type(model).__name__] = metric.evaluate(len(tta))['pascal_voc/mAP']
+    assert mean_ap['UnflippedViewTTAModel'] == pytest.approx(1.0)
+    assert mean_ap['DetTTAModel'] < 0.5
+
+
 def test_voc_batch_trains_acouplenet_with_sbd_masks(voc_sbd, tmp_path):
     import subprocess
     import sys
@@ -192,7 +242,7 @@ def test_voc_batch_trains_acouplenet_with_sbd_masks(voc_sbd, tmp_path):
     (root / 'SBD').mkdir()
     subprocess.run([sys.executable, str(REPO / 'tools' / 'dataset_converters' / 'sbd_to_masks.py'), str(sbd),
                     str(root / 'SBD' / 'sbd_instances.json')], check=True, capture_output=True, timeout=120)
-    config = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'
+    config = VOC_CONFIG
     dataset = _train_dataset(config, root)
     cfg = Config.fromfile(str(config))
     model = MODELS.build(shrink_model_cfg(cfg.model))

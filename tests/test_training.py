@@ -632,6 +632,12 @@ def test_mim_train_test_and_mmdet_analysis_tools_from_the_repo_root(tmp_path, ti
     assert 'coco/bbox_mAP' in result.stdout + result.stderr
     drawn = list((tmp_path / 'mim_test').glob('*/vis/*.jpg'))
     assert len(drawn) == 4, drawn  # the tiny val split's four images
+    # --tta: mmdet's flip TTA pipeline with the configs' UnflippedViewTTAModel (found through custom_imports).
+    result = _run([mim, 'test', 'mmdet', str(config), '--checkpoint', str(work_dir / 'iter_2.pth'), '--gpus', '0',
+                   '--work-dir', str(tmp_path / 'mim_tta'), '--tta'], env=env)
+    assert 'coco/bbox_mAP' in result.stdout + result.stderr
+    assert 'Cannot find ``tta_model``' not in result.stdout + result.stderr
+    assert 'Cannot find ``tta_pipeline``' in result.stdout + result.stderr
 
     # mmdet's analysis tools on the run: best and worst images, confusion matrix, training time from the log.
     _run([mim, 'run', 'mmdet', 'analyze_results', str(config), str(results), str(tmp_path / 'analysis'), '--topk', '1'],

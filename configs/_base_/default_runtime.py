@@ -12,3 +12,9 @@ custom_hooks = [
     # Checkpoints carry the random generators, so --resume continues exactly where the run stopped.
     dict(type='RNGStateHook'),
 ]
+
+# Flip TTA (`mim test --tta`, `tools/test.py --tta`): mmdet's merge of the views' detections (tta_cfg: by default
+# NMS at IoU 0.5, 100 kept) on the unflipped view's sample, whose gt boxes the metric compares and --show-dir draws
+# (mmdet's DetTTAModel takes the first view's, which its default TTA pipeline has flipped about the resized
+# image's width).
+tta_model = dict(type='UnflippedViewTTAModel')

@@ -16,6 +16,7 @@ from .hooks import ClassCountCheckHook, NonFiniteLossHook, RNGStateHook
 from .res_layer import SlimResLayer
 from .roi_extractors import PSRoIExtractor, TorchvisionRoIExtractor, context_rois
 from .safe_loading import allow_mmengine_checkpoint_types
+from .test_time_aug import UnflippedViewTTAModel
 
 __version__ = '0.1.0'
 
@@ -25,6 +26,6 @@ use_atomic_local_writes()
 __all__ = [
     'ACoupleNet', 'AttentionBackbone', 'AttentionBlock', 'AttentionMixin', 'AttentionLoss', 'CheckedCocoDataset',
     'CheckedDatasetMixin', 'ClassCountCheckHook', 'CoupledBBoxHead', 'CoupledRoIHead', 'NonFiniteLossHook',
-    'PSRoIExtractor', 'RNGStateHook', 'SlimResLayer', 'TorchvisionRoIExtractor', 'VOCSBDDataset', 'attention_maps',
-    'attention_targets', 'capture_attention', 'context_rois'
+    'PSRoIExtractor', 'RNGStateHook', 'SlimResLayer', 'TorchvisionRoIExtractor', 'UnflippedViewTTAModel',
+    'VOCSBDDataset', 'attention_maps', 'attention_targets', 'capture_attention', 'context_rois'
 ]

@@ -84,15 +84,16 @@ def apply_tta(cfg: Config) -> Config:
     """Test with test-time augmentation (``tools/test.py --tta``), in place, as mmdet's ``tools/test.py``.
 
     The config's own ``tta_model`` and ``tta_pipeline`` are used when it has
-    them; otherwise mmdet's defaults: each image tested as it is and flipped
-    horizontally, the two detection sets merged by NMS at IoU 0.5, 100 kept,
-    but with the flip before the annotations load (see below).
+    them (the project's configs have the ``UnflippedViewTTAModel`` of
+    ``_base_/default_runtime.py``); otherwise mmdet's defaults: each image
+    tested as it is and flipped horizontally, the two detection sets merged by
+    NMS at IoU 0.5, 100 kept, but with the flip before the annotations load
+    (see below) and the merged detections on the unflipped view's sample.
     The paper reports single-scale, unflipped testing (Sec. IV-A): TTA is a
     user's option, not part of the method.
     """
     if 'tta_model' not in cfg:
-        cfg.tta_model = dict(type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
-                                                              max_per_img=100))
+        cfg.tta_model = dict(type='UnflippedViewTTAModel')
     # The TTA pipeline goes to the dataset that has the pipeline (mmdet's test.py sets it on the outer dict,
     # which a wrapper does not accept).
     dataset = inner_dataset_cfg(cfg.test_dataloader.dataset)
@@ -104,10 +105,9 @@ def apply_tta(cfg: Config) -> Config:
                              f'{pipeline[-1].get("type") if pipeline else "nothing"}. Add a tta_pipeline to the '
                              'config (see mmdet\'s configs/retinanet/retinanet_tta.py)')
         meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction')
-        # The flip goes before the annotations are loaded: a test pipeline loads them after Resize, so that the
-        # gt boxes stay in the original image's frame, where mmdet's VOCMetric compares them with the rescaled
-        # detections (and the merged sample is the flipped view's); RandomFlip would flip them about the
-        # resized image's width.
+        # The flip goes before the annotations are loaded: a test pipeline loads them after Resize, in the
+        # original image's frame, and so each view carries them there (--branches flips them with the view,
+        # coupled_roi_head.input_gts); RandomFlip after them would flip them about the resized image's width.
         flip_at = next((i for i, step in enumerate(pipeline)
                         if step.get('type') in ('LoadAnnotations', 'mmdet.LoadAnnotations')), len(pipeline) - 1)
         pipeline[flip_at:] = [dict(type='TestTimeAug',

@@ -34,11 +34,3 @@ train_dataloader = dict(
 # VOCSBDDataset without SBD is mmdet's VOCDataset that names a bad test image (CheckedDatasetMixin).
 val_dataloader = dict(dataset=dict(type='VOCSBDDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader
-# Flip TTA (`tools/test.py --tta`, and mmdet's own test.py under `mim test --tta`) with the flip before the
-# annotations load. mmdet's default puts it in place of PackDetInputs, after them: it flips the gt boxes,
-# still in the original image's frame, about the resized image's width, and VOCMetric compares the
-# detections with the flipped view's boxes. It is built from this file's test_pipeline: a child config that
-# changes the test pipeline builds it again the same way (inheritance copies values, not the expression).
-tta_pipeline = test_pipeline[:2] + [dict(type='TestTimeAug', transforms=[
-    [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], test_pipeline[2:3],
-    [dict(test_pipeline[3], meta_keys=test_pipeline[3]['meta_keys'] + ('flip', 'flip_direction'))]])]
