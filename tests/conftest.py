@@ -171,6 +171,14 @@ def load_tool(name):
     return module
 
 
+def shapes_test_options(data_root):
+    """``--cfg-options`` that test a shapes config on the val split of the generated set at ``data_root``,
+    without data workers."""
+    return [f'test_dataloader.dataset.data_root={data_root}/', 'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False',
+            f'test_evaluator.ann_file={data_root}/annotations/instances_val.json']
+
+
 def tiny_train_cfg(data_root, work_dir, iters, config=SHAPES_CONFIG, batch_size=2, random_flip=True):
     """A real config shortened to ``iters`` on a tiny dataset, single process, no data workers."""
     from mmengine.config import Config

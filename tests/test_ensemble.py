@@ -12,7 +12,7 @@ import torch
 
 from projects.acouplenet.ensemble import fuse_detections
 
-from .conftest import REPO, SHAPES_CONFIG, load_tool, write_voc_image
+from .conftest import REPO, SHAPES_CONFIG, load_tool, shapes_test_options, write_voc_image
 
 VOC_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'
 
@@ -94,8 +94,7 @@ def _dump(results, path):
 
 
 def _shapes_args(data_root):
-    return [str(SHAPES_CONFIG), '--cfg-options', f'test_dataloader.dataset.data_root={data_root}/',
-            f'test_evaluator.ann_file={data_root}/annotations/instances_val.json']
+    return [str(SHAPES_CONFIG), '--cfg-options', *shapes_test_options(data_root)]
 
 
 def test_fuse_results_scores_each_model_and_their_fusion_on_coco_data(tiny_shapes, tmp_path, capsys, mim):

@@ -19,7 +19,7 @@ from mmdet.apis import DetInferencer, inference_detector, init_detector
 from projects.acouplenet.runtime import cpu_name, host_info
 from projects.acouplenet.visualization import predict_with_attention
 
-from .conftest import REPO, SHAPES_CONFIG, load_tool
+from .conftest import REPO, SHAPES_CONFIG, load_tool, shapes_test_options
 
 
 def test_init_detector_and_inference_detector(shapes_checkpoint, shapes_images):
@@ -385,9 +385,7 @@ def test_test_tool_tests_each_branch_alone(shapes_checkpoint, tiny_shapes, tmp_p
     from mmdet.registry import MODELS
     from projects.acouplenet import CoupledBBoxHead
     test_tool = load_tool('test')
-    data = [f'test_dataloader.dataset.data_root={tiny_shapes}/', 'test_dataloader.num_workers=0',
-            'test_dataloader.persistent_workers=False',
-            f'test_evaluator.ann_file={tiny_shapes}/annotations/instances_val.json']
+    data = shapes_test_options(tiny_shapes)
     seen = []  # the branch each head call scored with (None: the coupling)
     original_forward = CoupledBBoxHead.forward
     with pytest.MonkeyPatch.context() as patch:

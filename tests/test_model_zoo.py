@@ -2,6 +2,7 @@
 `mim download` from the project installed as a package, `mim search` from its editable install."""
 import hashlib
 import http.server
+import io
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ import yaml
 from mmdet.registry import MODELS
 from projects.acouplenet import model_zoo
 
-from .conftest import REPO
+from .conftest import REPO, SHAPES_CONFIG, load_tool, shapes_test_options
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -24,18 +25,19 @@ SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """/good.pth: the file; /tampered.pth: one byte changed; /flaky.pth: cut mid-way on the first request
-    of each test, whole afterwards; /cut.pth: always cut mid-way."""
+    of each test, whole afterwards; /cut.pth: always cut mid-way; the paths in ``files``: their bytes."""
     requests = []
+    files = {}
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
         type(self).requests.append(self.path)
-        body = PAYLOAD
+        body = type(self).files.get(self.path, PAYLOAD)
         if self.path == '/tampered.pth':
             body = PAYLOAD[:100] + bytes([PAYLOAD[100] ^ 1]) + PAYLOAD[101:]
-        elif self.path not in ('/good.pth', '/flaky.pth', '/cut.pth'):
+        elif self.path not in ('/good.pth', '/flaky.pth', '/cut.pth', *type(self).files):
             self.send_error(404)
             return
         cut = self.path == '/cut.pth' or (self.path == '/flaky.pth' and type(self).requests.count('/flaky.pth') == 1)
@@ -50,7 +52,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    _Handler.requests = []
+    _Handler.requests, _Handler.files = [], {}
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -126,6 +128,91 @@ def test_repo_model_index_lists_every_paper_config():
     for entry in models.values():
         assert (REPO / entry['Config']).is_file()
         assert bool(entry.get('Weights')) == bool((entry.get('Metadata') or {}).get('Weights SHA256'))
+
+
+def _checkpoint_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class _OpensAFile:
+    """Unpickling it calls ``open(path, 'w')``: any code a checkpoint may carry."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+def test_checkpoints_named_by_url_load_safely(server, tmp_path, monkeypatch):
+    """mmengine loads a URL (load_from, init_cfg, init_detector, DetInferencer) through torch.hub with
+    weights_only=False; with the project imported it is downloaded into torch hub's cache and loaded safely,
+    and the torchvision:// style names that resolve to a URL go the same way."""
+    import mmengine.runner.checkpoint as mmengine_checkpoint
+    from mmengine.runner import CheckpointLoader, load_checkpoint
+    from projects.acouplenet.safe_loading import RefusedCheckpointError
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    cache = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    marker = tmp_path / 'code_ran'
+    _Handler.files = {'/weights.pth': _checkpoint_bytes({'state_dict': {'weight': torch.full((1, 1), 3.0),
+                                                                        'bias': torch.ones(1)}}),
+                      '/evil.pth': _checkpoint_bytes({'state_dict': {}, 'meta': _OpensAFile(marker)})}
+
+    model = torch.nn.Linear(1, 1)
+    load_checkpoint(model, f'{server}/weights.pth', map_location='cpu')
+    assert model.weight.item() == 3.0 and model.bias.item() == 1.0
+    assert (cache / 'weights.pth').read_bytes() == _Handler.files['/weights.pth'] and _leftovers(cache) == []
+    CheckpointLoader.load_checkpoint(f'{server}/weights.pth', map_location='cpu')
+    assert _Handler.requests.count('/weights.pth') == 1  # the cached file is loaded again
+
+    monkeypatch.setattr(mmengine_checkpoint, 'get_torchvision_models', lambda: {'evilnet': f'{server}/evil.pth'})
+    for name in (f'{server}/evil.pth', 'torchvision://evilnet'):
+        with pytest.raises(RefusedCheckpointError, match=rf'{cache}/evil\.pth holds pickled objects that safe '
+                                                         rf'loading refuses \(.*GLOBAL .*open'):
+            CheckpointLoader.load_checkpoint(name, map_location='cpu')
+    assert not marker.exists()
+
+
+def test_a_url_the_model_index_lists_is_checked_against_its_sha256(server, tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    cache = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    weights = _checkpoint_bytes({'state_dict': {'w': torch.arange(4.)}})
+    _Handler.files = {'/listed.pth': weights}
+    monkeypatch.setattr(model_zoo, 'MODEL_INDEX', _index(tmp_path, [
+        dict(Name='listed', Weights=f'{server}/listed.pth',
+             Metadata={'Weights SHA256': hashlib.sha256(weights).hexdigest()}),
+        dict(Name='tampered', Weights=f'{server}/tampered.pth', Metadata={'Weights SHA256': SHA})]))
+    with pytest.raises(model_zoo.ChecksumError, match='does not match the expected .*deleted'):
+        model_zoo.load_url(f'{server}/tampered.pth')
+    assert not (cache / 'tampered.pth').exists() and _leftovers(cache) == []
+    assert torch.equal(model_zoo.load_url(f'{server}/listed.pth')['state_dict']['w'], torch.arange(4.))
+    # A cached copy that no longer hashes right (cut by hand, say) is fetched again, not loaded.
+    (cache / 'listed.pth').write_bytes(weights[:100])
+    assert torch.equal(model_zoo.load_url(f'{server}/listed.pth')['state_dict']['w'], torch.arange(4.))
+    assert _Handler.requests.count('/listed.pth') == 2 and (cache / 'listed.pth').read_bytes() == weights
+
+
+def test_the_tools_and_det_inferencer_take_a_checkpoint_url(server, shapes_checkpoint, shapes_images,
+                                                            tiny_shapes, tmp_path, monkeypatch):
+    """As mmdet's own test.py does: tools/test.py, tools/demo.py and DetInferencer take a checkpoint by URL,
+    downloaded once into torch hub's cache."""
+    from mmdet.apis import DetInferencer
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    _Handler.files = {'/shapes.pth': shapes_checkpoint.read_bytes()}
+    url = f'{server}/shapes.pth'
+    figure = load_tool('demo').main(shapes_images[:1] + ['--config', str(SHAPES_CONFIG), '--checkpoint', url,
+                                                         '--out', str(tmp_path / 'fig.png')])
+    assert Path(figure).stat().st_size > 10_000
+    metrics = load_tool('test').main([
+        str(SHAPES_CONFIG), url, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+        *shapes_test_options(tiny_shapes)])
+    assert 'coco/bbox_mAP' in metrics
+    result = DetInferencer(model=str(SHAPES_CONFIG), weights=url, device='cpu', show_progress=False)(shapes_images[0])
+    assert len(result['predictions'][0]['bboxes']) > 0
+    assert _Handler.requests.count('/shapes.pth') == 1
+    with pytest.raises(SystemExit, match=r'checkpoint .*missing\.pth not found'):
+        load_tool('test').main([str(SHAPES_CONFIG), str(tmp_path / 'missing.pth')])
 
 
 def test_publish_drops_training_state_and_hashes(tmp_path):

@@ -24,9 +24,10 @@ def format_table(rows):
 
 def main(argv=None):
     from projects.acouplenet.runtime import count_arg, device_arg, folder_arg_or_exit
+    from projects.acouplenet.safe_loading import is_checkpoint_url
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
-    parser.add_argument('checkpoint')
+    parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--data-root', default='data/shapes',
                         help='holds annotations/instances_<split>.json and <split>/ images')
     parser.add_argument('--split', default='val')
@@ -37,7 +38,8 @@ def main(argv=None):
     if args.out:
         folder_arg_or_exit(osp.dirname(osp.abspath(args.out)), "--out's folder")
     ann_file = osp.join(args.data_root, 'annotations', f'instances_{args.split}.json')
-    missing = [p for p in (args.config, args.checkpoint, ann_file) if not osp.isfile(p)]
+    local_files = [args.config, ann_file] + ([] if is_checkpoint_url(args.checkpoint) else [args.checkpoint])
+    missing = [p for p in local_files if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)} (generate the data with tools/generate_shapes.py '
                  'or pass --data-root)')

@@ -16,10 +16,11 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 def main(argv=None):
     from projects.acouplenet.runtime import device_arg, folder_arg_or_exit
+    from projects.acouplenet.safe_loading import is_checkpoint_url
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='+', help='image files, or folders of them')
     parser.add_argument('--config', required=True)
-    parser.add_argument('--checkpoint', required=True)
+    parser.add_argument('--checkpoint', required=True, help='checkpoint file or URL')
     parser.add_argument('--out', default='demo.png', help='picture to write (PNG; any format matplotlib writes)')
     parser.add_argument('--device', default='cpu', type=device_arg, help='cpu, cuda or cuda:N')
     parser.add_argument('--score-thr', type=float, default=0.3, help='draw detections scoring at least this')
@@ -34,10 +35,11 @@ def main(argv=None):
                      f'{", ".join(sorted(formats))})')
     folder_arg_or_exit(osp.dirname(osp.abspath(args.out)), "--out's folder")
     args.images = _expand_folders(args.images)
-    missing = [p for p in args.images + [args.config, args.checkpoint] if not osp.isfile(p)]
+    local_files = args.images + [args.config] + ([] if is_checkpoint_url(args.checkpoint) else [args.checkpoint])
+    missing = [p for p in local_files if not osp.isfile(p)]
     if missing:
         sys.exit(f'error: not found: {", ".join(missing)}')
-    if any(osp.exists(args.out) and osp.samefile(args.out, p) for p in args.images + [args.config, args.checkpoint]):
+    if any(osp.exists(args.out) and osp.samefile(args.out, p) for p in local_files):
         sys.exit(f'error: --out {args.out} is one of the inputs and would be overwritten; choose another --out')
 
     from projects.acouplenet.safe_loading import init_detector_strict

@@ -35,7 +35,7 @@ def _progress():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model-index', default=model_zoo.REPO_MODEL_INDEX, help='model-index.yml to read')
+    parser.add_argument('--model-index', default=model_zoo.MODEL_INDEX, help='model-index.yml to read')
     sub = parser.add_subparsers(dest='command', required=True)
     sub.add_parser('list', help='list the models and whether they have weights')
     p = sub.add_parser('download', help='download and verify a checkpoint by model name')

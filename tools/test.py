@@ -29,13 +29,13 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo 
 from projects.acouplenet import CoupledBBoxHead  # noqa: E402
 from projects.acouplenet.runtime import (apply_tta, init_cpu_distributed, metrics_table, prepare_cfg,  # noqa: E402
                                          set_work_dir)
-from projects.acouplenet.safe_loading import assert_checkpoint_fits  # noqa: E402
+from projects.acouplenet.safe_loading import assert_checkpoint_fits, is_checkpoint_url  # noqa: E402
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and evaluate) a detector')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--work-dir', help='the dir to save the file containing evaluation metrics')
     parser.add_argument('--out', type=str, help='dump predictions to a pickle file for offline evaluation')
     parser.add_argument('--show', action='store_true', help='show prediction results')
@@ -68,7 +68,7 @@ def main(argv=None):
         raise SystemExit('--branches tests the model several times and --out / --show / --show-dir would keep '
                          'only the last; run --branches without them, and each dump as a test of its own')
     for kind, path in (('config', args.config), ('checkpoint', args.checkpoint)):
-        if not osp.isfile(path):
+        if not osp.isfile(path) and not (kind == 'checkpoint' and is_checkpoint_url(path)):
             raise SystemExit(f'{kind} {path} not found')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher

@@ -16,7 +16,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
 from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg, set_work_dir  # noqa: E402
-from projects.acouplenet.safe_loading import load_checkpoint_file  # noqa: E402
+from projects.acouplenet.safe_loading import is_checkpoint_url, load_checkpoint_file  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,7 +52,7 @@ def check_resume_checkpoint(cfg, from_cli: bool = False) -> None:
     if auto and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
         return  # no checkpoint yet: mmengine logs it and starts afresh
     path = find_latest_checkpoint(cfg.work_dir) if auto else cfg.load_from
-    if not path or '://' in path:
+    if not path or is_checkpoint_url(path):
         return
     named = (f'{path}, the latest checkpoint of the work dir (named in {osp.join(cfg.work_dir, "last_checkpoint")})'
              if auto else f'--resume {path}' if from_cli else f'load_from={path} of the config (resume=True)')

@@ -2,8 +2,9 @@
 
 Configs load it with ``custom_imports = dict(imports=['projects.acouplenet'])``. Importing it registers
 its modules in mmdet's registries, allow-lists mmengine's checkpoint types for ``weights_only`` loading
-(so ``--resume`` works on torch >= 2.6) and makes mmengine's local file writes atomic (so a run killed
-while saving leaves its previous checkpoint whole).
+(so ``--resume`` works on torch >= 2.6), loads the checkpoints that mmengine names by URL with the same
+safe loading (mmengine would unpickle them unsafely), and makes mmengine's local file writes atomic (so a
+run killed while saving leaves its previous checkpoint whole).
 """
 from .acouplenet import ACoupleNet
 from .attention_backbone import AttentionBackbone, AttentionBlock, AttentionMixin, attention_maps, capture_attention
@@ -13,6 +14,7 @@ from .coupled_roi_head import CoupledRoIHead
 from .datasets import CheckedCocoDataset, CheckedDatasetMixin, VOCSBDDataset
 from .fileio import use_atomic_local_writes
 from .hooks import ClassCountCheckHook, NonFiniteLossHook, RNGStateHook
+from .model_zoo import use_safe_url_loading
 from .res_layer import SlimResLayer
 from .roi_extractors import PSRoIExtractor, TorchvisionRoIExtractor, context_rois
 from .safe_loading import allow_mmengine_checkpoint_types
@@ -21,6 +23,7 @@ from .test_time_aug import UnflippedViewTTAModel
 __version__ = '0.1.0'
 
 allow_mmengine_checkpoint_types()
+use_safe_url_loading()
 use_atomic_local_writes()
 
 __all__ = [

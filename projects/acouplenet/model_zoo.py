@@ -9,6 +9,11 @@
   convention), returning the sha256 for the metafile.
 * :func:`convert_resnet` maps ImageNet ResNet weights (torchvision or mmdet
   layout) onto :func:`AttentionBackbone`.
+* :func:`load_url` loads the checkpoints that mmengine names by URL
+  (``load_from``, ``init_cfg``, ``init_detector``, ``DetInferencer``; the
+  ``http(s)://``, ``torchvision://``, ``open-mmlab://`` and ``mmcls://``
+  schemes) through :func:`download` and safe loading;
+  :func:`use_safe_url_loading` puts it in mmengine's place.
 """
 import io
 import os
@@ -16,16 +21,20 @@ import os.path as osp
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Callable, Dict, List, Optional
 
 import torch
 import yaml
+from mmengine.logging import print_log
 
 from .fileio import atomic_write, check_output_folder, sha256sum
 from .safe_loading import load_checkpoint_file
 
-REPO_MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'model-index.yml')
+# The package's model index, where mim reads it: in the repository a link to the top-level model-index.yml,
+# in an installed wheel a copy.
+MODEL_INDEX = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), '.mim', 'model-index.yml')
 CHUNK = 1 << 20
 
 
@@ -38,7 +47,7 @@ class DownloadError(RuntimeError):
 
 
 # -- the index ---------------------------------------------------------------------------------------
-def load_models(model_index: str = REPO_MODEL_INDEX) -> Dict[str, dict]:
+def load_models(model_index: str = MODEL_INDEX) -> Dict[str, dict]:
     """``{name: model entry}`` from an mmdet-style ``model-index.yml`` and the metafiles it imports."""
     with open(model_index) as f:
         index = yaml.safe_load(f) or {}
@@ -53,7 +62,7 @@ def load_models(model_index: str = REPO_MODEL_INDEX) -> Dict[str, dict]:
     return models
 
 
-def find_model(name: str, model_index: str = REPO_MODEL_INDEX) -> dict:
+def find_model(name: str, model_index: str = MODEL_INDEX) -> dict:
     models = load_models(model_index)
     if name not in models:
         import difflib
@@ -128,7 +137,7 @@ def download(url: str, dest: str, sha256: Optional[str], retries: int = 3, timeo
                         f'nothing was written to {dest}')
 
 
-def download_model(name: str, dest_dir: str, model_index: str = REPO_MODEL_INDEX, **kwargs) -> str:
+def download_model(name: str, dest_dir: str, model_index: str = MODEL_INDEX, **kwargs) -> str:
     """Download the checkpoint of the model ``name`` from the index into ``dest_dir``."""
     entry = find_model(name, model_index)
     url = entry.get('Weights')
@@ -140,6 +149,79 @@ def download_model(name: str, dest_dir: str, model_index: str = REPO_MODEL_INDEX
         raise ChecksumError(f'{name} lists no "Weights SHA256" to verify {url} against; refusing an unverified '
                             f'download')
     return download(url, osp.join(dest_dir, url.rsplit('/', 1)[-1]), sha256, **kwargs)
+
+
+# -- checkpoints named by URL ------------------------------------------------------------------------
+def _listed_sha256(url: str) -> Optional[str]:
+    """The model index's sha256 of the checkpoint at ``url``, if the index lists it."""
+    for entry in load_models(MODEL_INDEX).values():
+        if entry.get('Weights') == url:
+            return (entry.get('Metadata') or {}).get('Weights SHA256')
+    return None
+
+
+def _progress_bar(name: str) -> Callable[[int, Optional[int]], None]:
+    """A :func:`download` progress callback that draws a tqdm bar from the first bytes on."""
+    from tqdm import tqdm
+    bars = []
+
+    def update(done: int, total: Optional[int]) -> None:
+        if not bars:
+            bars.append(tqdm(desc=name, total=total, unit='B', unit_scale=True, unit_divisor=1024))
+        bars[0].update(done - bars[0].n)  # (a retried download starts again at 0)
+        if total is not None and done >= total:
+            bars[0].close()
+    return update
+
+
+def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progress: bool = True,
+             check_hash: bool = False, file_name: Optional[str] = None):
+    """The checkpoint at ``url``, downloaded once and loaded safely: mmengine's ``load_url`` made safe.
+
+    mmengine 0.10.7 loads every checkpoint it names by URL through
+    ``torch.hub.load_state_dict_from_url``, which unpickles with
+    ``weights_only=False``: a checkpoint from the network can run any code.
+    Here the file is downloaded as :func:`download` does (a temporary file
+    renamed into place, cut connections retried, checked against the model
+    index's sha256 where the index lists the URL) into torch hub's cache
+    (``<torch hub dir>/checkpoints``, as torch and mmengine cache it), and read
+    by :func:`load_checkpoint_file` (``weights_only``: tensors, plain
+    containers and mmengine's own types).
+
+    Args:
+        url (str): ``http://`` or ``https://`` URL of the checkpoint.
+        model_dir (str, optional): The cache folder.
+        map_location: As for ``torch.load``.
+        progress (bool): Show a progress bar while downloading.
+        check_hash (bool): Accepted for mmengine's signature: a URL the model
+            index lists is always checked against its full sha256.
+        file_name (str, optional): The cached file's name; the URL's by default.
+
+    Raises:
+        RefusedCheckpointError: The file holds objects that safe loading
+            refuses (it stays in the cache, named in the message).
+        ChecksumError, DownloadError: As :func:`download`.
+    """
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    cached = osp.join(model_dir, file_name or osp.basename(urllib.parse.urlparse(url).path))
+    sha256 = _listed_sha256(url)
+    if sha256 is not None or not osp.isfile(cached):  # (download keeps a cached file whose sha256 matches)
+        if not osp.isfile(cached):
+            print_log(f'Downloading {url} to {cached}', logger='current')
+        download(url, cached, sha256, progress=_progress_bar(osp.basename(cached)) if progress else None)
+    return load_checkpoint_file(cached, map_location)
+
+
+def use_safe_url_loading() -> None:
+    """Route mmengine's URL checkpoint schemes through :func:`load_url` (idempotent).
+
+    mmengine's ``http(s)://`` loader and the ``torchvision://``,
+    ``open-mmlab://`` and ``mmcls://`` loaders that resolve a name to a URL all
+    call the ``load_url`` that ``mmengine.runner.checkpoint`` imported, so that
+    one name is the one place to replace.
+    """
+    import mmengine.runner.checkpoint as mmengine_checkpoint
+    mmengine_checkpoint.load_url = load_url
 
 
 # -- publish -----------------------------------------------------------------------------------------

@@ -68,8 +68,16 @@ class RefusedCheckpointError(pickle.UnpicklingError, ValueError):
     (``ValueError``) for the tools that report bad files in one line."""
 
 
-def load_checkpoint_file(path: str):
-    """``torch.load`` of a checkpoint onto the CPU, safely, with errors that say what is wrong with the file.
+def is_checkpoint_url(path: str) -> bool:
+    """Whether ``path`` names a checkpoint by URL or by one of mmengine's schemes (``https://``,
+    ``torchvision://``, ``open-mmlab://``, ...) rather than as a local file."""
+    return '://' in str(path)
+
+
+def load_checkpoint_file(path: str, map_location='cpu'):
+    """``torch.load`` of a checkpoint (onto the CPU by default), safely, with errors that say what is wrong
+    with the file. A URL (:func:`is_checkpoint_url`) is fetched by mmengine's ``CheckpointLoader``, which
+    importing the project makes download it once and load it the same way (``model_zoo.load_url``).
 
     torch answers a truncated or foreign file either with a zip-reader error or,
     for a file that is not a zip, with its ``weights_only`` message, which then
@@ -81,8 +89,11 @@ def load_checkpoint_file(path: str):
         RefusedCheckpointError: it holds objects that safe loading refuses (a
             ``pickle.UnpicklingError`` and a ``ValueError``).
     """
+    if is_checkpoint_url(path):
+        from mmengine.runner import CheckpointLoader
+        return CheckpointLoader.load_checkpoint(path, map_location)
     try:
-        return torch.load(path, map_location='cpu')
+        return torch.load(path, map_location=map_location)
     except pickle.UnpicklingError as exc:
         # torch's message wraps the unpickler's reason (its last line) in advice to load unsafely.
         text = str(exc)
