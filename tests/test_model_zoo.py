@@ -96,6 +96,12 @@ def test_connection_always_cut_leaves_nothing(server, tmp_path):
     assert not dest.exists() and _leftovers(tmp_path) == []
 
 
+def test_a_missing_file_is_reported_at_once_not_retried(server, tmp_path):
+    with pytest.raises(model_zoo.DownloadError, match=r'missing\.pth: HTTP 404 .*check the URL. Nothing was written'):
+        model_zoo.download(f'{server}/missing.pth', str(tmp_path / 'model.pth'), SHA, retries=3, backoff=0)
+    assert _Handler.requests.count('/missing.pth') == 1 and os.listdir(tmp_path) == []
+
+
 def _index(tmp_path, entries):
     (tmp_path / 'metafile.yml').write_text(yaml.safe_dump({'Models': entries}))
     (tmp_path / 'model-index.yml').write_text(yaml.safe_dump({'Import': ['metafile.yml']}))

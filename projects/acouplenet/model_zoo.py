@@ -102,7 +102,8 @@ def download(url: str, dest: str, sha256: Optional[str], retries: int = 3, timeo
         ChecksumError: The downloaded bytes do not hash to ``sha256`` (the
             file is deleted, not retried: the server holds another file).
         DownloadError: Every attempt failed (connection errors, cut
-            transfers); nothing is left at ``dest``.
+            transfers, server errors), or the server answered with a client
+            error (404 and the like, not retried); nothing is left at ``dest``.
     """
     if sha256 is not None and len(sha256) != 64:
         raise ValueError(f'sha256 {sha256!r} is not a 64-hex-digit sha256')
@@ -127,6 +128,10 @@ def download(url: str, dest: str, sha256: Optional[str], retries: int = 3, timeo
         except ChecksumError:
             raise
         except (urllib.error.URLError, OSError, DownloadError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500:
+                # the server's answer (not found, forbidden) would not change on a retry
+                raise DownloadError(f'{url}: HTTP {exc.code} {exc.reason}; check the URL. Nothing was written to '
+                                    f'{dest}') from exc
             errors.append(f'attempt {attempt}: {exc}')
             if attempt < retries:
                 time.sleep(backoff * attempt)
