@@ -108,7 +108,7 @@ def _index(tmp_path, entries):
     return str(tmp_path / 'model-index.yml')
 
 
-def test_download_by_model_name(server, tmp_path):
+def test_download_by_model_name(server, tmp_path, capsys):
     index = _index(tmp_path, [
         dict(Name='good', Config='configs/x.py', Weights=f'{server}/good.pth', Metadata={'Weights SHA256': SHA}),
         dict(Name='unhashed', Config='configs/x.py', Weights=f'{server}/good.pth'),
@@ -116,6 +116,9 @@ def test_download_by_model_name(server, tmp_path):
     ])
     path = model_zoo.download_model('good', str(tmp_path / 'dl'), index)
     assert Path(path).read_bytes() == PAYLOAD
+    load_tool('model_zoo').main(['--model-index', index, 'download', 'good', '--dest', str(tmp_path / 'cli')])
+    assert f'{tmp_path / "cli" / "good.pth"} (sha256 verified)' in capsys.readouterr().out
+    assert (tmp_path / 'cli' / 'good.pth').read_bytes() == PAYLOAD
     with pytest.raises(model_zoo.ChecksumError, match='no "Weights SHA256"'):
         model_zoo.download_model('unhashed', str(tmp_path / 'dl'), index)
     with pytest.raises(model_zoo.DownloadError, match='no released checkpoint'):

@@ -21,18 +21,6 @@ from projects.acouplenet import model_zoo  # noqa: E402
 from projects.acouplenet.runtime import count_arg  # noqa: E402
 
 
-def _progress():
-    last = [-1]
-
-    def report(done, total):
-        if total:
-            percent = int(100 * done / total)
-            if percent // 10 != last[0] // 10:
-                print(f'  {percent:3d}% of {total / 2**20:.1f} MB', flush=True)
-                last[0] = percent
-    return report
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model-index', default=model_zoo.MODEL_INDEX, help='model-index.yml to read')
@@ -62,7 +50,7 @@ def main(argv=None):
                 print(f'{name:55s} {", ".join(results) or "-":22s} {weights}')
         elif args.command == 'download':
             path = model_zoo.download_model(args.name, args.dest, args.model_index, retries=args.retries,
-                                            timeout=args.timeout, progress=_progress())
+                                            timeout=args.timeout, progress=model_zoo.progress_bar(args.name))
             print(f'{path} (sha256 verified)')
         elif args.command == 'publish':
             out = model_zoo.publish(args.checkpoint, args.out_dir, args.name)

@@ -165,7 +165,7 @@ def _listed_sha256(url: str) -> Optional[str]:
     return None
 
 
-def _progress_bar(name: str) -> Callable[[int, Optional[int]], None]:
+def progress_bar(name: str) -> Callable[[int, Optional[int]], None]:
     """A :func:`download` progress callback that draws a tqdm bar from the first bytes on."""
     from tqdm import tqdm
     bars = []
@@ -213,7 +213,7 @@ def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progr
     if sha256 is not None or not osp.isfile(cached):  # (download keeps a cached file whose sha256 matches)
         if not osp.isfile(cached):
             print_log(f'Downloading {url} to {cached}', logger='current')
-        download(url, cached, sha256, progress=_progress_bar(osp.basename(cached)) if progress else None)
+        download(url, cached, sha256, progress=progress_bar(osp.basename(cached)) if progress else None)
     return load_checkpoint_file(cached, map_location)
 
 
