@@ -158,7 +158,10 @@ def download_model(name: str, dest_dir: str, model_index: str = MODEL_INDEX, **k
 
 # -- checkpoints named by URL ------------------------------------------------------------------------
 def _listed_sha256(url: str) -> Optional[str]:
-    """The model index's sha256 of the checkpoint at ``url``, if the index lists it."""
+    """The model index's sha256 of the checkpoint at ``url``, if the index lists it (and is there: a copy of
+    the package folder alone has none)."""
+    if not osp.isfile(MODEL_INDEX):
+        return None
     for entry in load_models(MODEL_INDEX).values():
         if entry.get('Weights') == url:
             return (entry.get('Metadata') or {}).get('Weights SHA256')
