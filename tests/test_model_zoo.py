@@ -200,6 +200,13 @@ def test_a_url_the_model_index_lists_is_checked_against_its_sha256(server, tmp_p
     (cache / 'listed.pth').write_bytes(weights[:100])
     assert torch.equal(model_zoo.load_url(f'{server}/listed.pth')['state_dict']['w'], torch.arange(4.))
     assert _Handler.requests.count('/listed.pth') == 2 and (cache / 'listed.pth').read_bytes() == weights
+    blocker = tmp_path / 'notes.txt'
+    blocker.write_text('not a folder')
+    monkeypatch.setenv('TORCH_HOME', str(blocker / 'torch'))
+    with pytest.raises(ValueError, match=r"torch hub's checkpoint cache \(TORCH_HOME moves it\) .*notes\.txt.* in "
+                                         r"the way; name a folder"):
+        model_zoo.load_url(f'{server}/listed.pth')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     # The package folder copied without its index (projects/.mim) still loads URLs.
     monkeypatch.setattr(model_zoo, 'MODEL_INDEX', str(tmp_path / 'nowhere' / 'model-index.yml'))
     assert torch.equal(model_zoo.load_url(f'{server}/listed.pth')['state_dict']['w'], torch.arange(4.))

@@ -209,6 +209,7 @@ def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progr
         RefusedCheckpointError: The file holds objects that safe loading
             refuses (it stays in the cache, named in the message).
         ChecksumError, DownloadError: As :func:`download`.
+        ValueError: The cache folder cannot be written.
     """
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     cached = osp.join(model_dir, file_name or osp.basename(urllib.parse.urlparse(url).path))
@@ -216,6 +217,7 @@ def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progr
     if sha256 is not None or not osp.isfile(cached):  # (download keeps a cached file whose sha256 matches)
         if not osp.isfile(cached):
             print_log(f'Downloading {url} to {cached}', logger='current')
+        check_output_folder(model_dir, "torch hub's checkpoint cache (TORCH_HOME moves it)")
         download(url, cached, sha256, progress=progress_bar(osp.basename(cached)) if progress else None)
     return load_checkpoint_file(cached, map_location)
 
