@@ -175,6 +175,15 @@ def test_checkpoints_named_by_url_load_safely(server, tmp_path, monkeypatch):
     CheckpointLoader.load_checkpoint(f'{server}/weights.pth', map_location='cpu')
     assert _Handler.requests.count('/weights.pth') == 1  # the cached file is loaded again
 
+    # A cached copy that is no checkpoint (cut where a server sent no length) is deleted when it fails to load.
+    (cache / 'damaged.pth').write_bytes(_Handler.files['/weights.pth'][:1000])
+    _Handler.files['/damaged.pth'] = _Handler.files['/weights.pth']
+    with pytest.raises(ValueError, match=r'damaged\.pth is not a readable PyTorch checkpoint .*It came from '
+                                         r'.*/damaged\.pth; the cached copy was deleted'):
+        CheckpointLoader.load_checkpoint(f'{server}/damaged.pth', map_location='cpu')
+    assert not (cache / 'damaged.pth').exists()
+    assert 'bias' in CheckpointLoader.load_checkpoint(f'{server}/damaged.pth', map_location='cpu')['state_dict']
+
     monkeypatch.setattr(mmengine_checkpoint, 'get_torchvision_models', lambda: {'evilnet': f'{server}/evil.pth'})
     for name in (f'{server}/evil.pth', 'torchvision://evilnet'):
         with pytest.raises(RefusedCheckpointError, match=rf'{cache}/evil\.pth holds pickled objects that safe '

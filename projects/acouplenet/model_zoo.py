@@ -30,7 +30,7 @@ import yaml
 from mmengine.logging import print_log
 
 from .fileio import atomic_write, check_output_folder, sha256sum
-from .safe_loading import load_checkpoint_file
+from .safe_loading import RefusedCheckpointError, load_checkpoint_file
 
 # The package's model index, where mim reads it: in the repository a link to the top-level model-index.yml,
 # in an installed wheel a copy.
@@ -209,7 +209,8 @@ def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progr
         RefusedCheckpointError: The file holds objects that safe loading
             refuses (it stays in the cache, named in the message).
         ChecksumError, DownloadError: As :func:`download`.
-        ValueError: The cache folder cannot be written.
+        ValueError: The cache folder cannot be written, or the file is no
+            readable checkpoint (then it is deleted from the cache).
     """
     model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
     cached = osp.join(model_dir, file_name or osp.basename(urllib.parse.urlparse(url).path))
@@ -219,7 +220,16 @@ def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progr
             print_log(f'Downloading {url} to {cached}', logger='current')
         check_output_folder(model_dir, "torch hub's checkpoint cache (TORCH_HOME moves it)")
         download(url, cached, sha256, progress=progress_bar(osp.basename(cached)) if progress else None)
-    return load_checkpoint_file(cached, map_location)
+    try:
+        return load_checkpoint_file(cached, map_location)
+    except RefusedCheckpointError:
+        raise
+    except ValueError as exc:
+        # Cut where the server sent no length, say, or damaged in the cache: delete it, or every later load
+        # would read it again.
+        os.remove(cached)
+        raise ValueError(f'{exc}. It came from {url}; the cached copy was deleted, so the next load downloads it '
+                         f'again') from exc
 
 
 def use_safe_url_loading() -> None:
