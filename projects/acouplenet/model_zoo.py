@@ -216,9 +216,9 @@ def load_url(url: str, model_dir: Optional[str] = None, map_location=None, progr
     cached = osp.join(model_dir, file_name or osp.basename(urllib.parse.urlparse(url).path))
     sha256 = _listed_sha256(url)
     if sha256 is not None or not osp.isfile(cached):  # (download keeps a cached file whose sha256 matches)
+        check_output_folder(model_dir, "torch hub's checkpoint cache (TORCH_HOME moves it)")
         if not osp.isfile(cached):
             print_log(f'Downloading {url} to {cached}', logger='current')
-        check_output_folder(model_dir, "torch hub's checkpoint cache (TORCH_HOME moves it)")
         download(url, cached, sha256, progress=progress_bar(osp.basename(cached)) if progress else None)
     try:
         return load_checkpoint_file(cached, map_location)
