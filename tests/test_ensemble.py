@@ -2,7 +2,6 @@
 scoring the fusion with a config's test set and evaluator (COCO AP, VOC mAP)."""
 import collections
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import torch
 
 from projects.acouplenet.ensemble import fuse_detections
 
-from .conftest import REPO, SHAPES_CONFIG, load_tool, shapes_test_options, write_voc_image
+from .conftest import REPO, SHAPES_CONFIG, PickledCode, load_tool, shapes_test_options, write_voc_image
 
 VOC_CONFIG = REPO / 'configs' / 'acouplenet' / 'acouplenet_r101_1xb2-ms-110k_voc0712.py'
 
@@ -178,11 +177,6 @@ def test_fuse_results_on_voc_scores_voc_map_from_the_datasets_boxes(tmp_path):
     assert rows['fused (wbf, IoU 0.55)']['pascal_voc/mAP'] == pytest.approx(1.0)
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ('echo pwned',))
-
-
 def test_fuse_results_refuses_bad_inputs_naming_the_fix(tiny_shapes, shapes_checkpoint, tmp_path):
     tool = load_tool('fuse_results')
     config, *options = _shapes_args(tiny_shapes)
@@ -197,10 +191,11 @@ def test_fuse_results_refuses_bad_inputs_naming_the_fix(tiny_shapes, shapes_chec
     message = refused(exact, fewer)
     assert 'fewer.pkl holds 3 images, the config\'s test set 4: 1 of the test set missing' in message
     assert 'test every model on the same test set' in message
-    for path in (str(shapes_checkpoint), _dump(_Exploit(), tmp_path / 'exploit.pkl')):
+    for path in (str(shapes_checkpoint), _dump(PickledCode(tmp_path / 'pwned_marker'), tmp_path / 'exploit.pkl')):
         message = refused(exact, path)
         assert 'is not a readable predictions file' in message and 'tools/test.py CONFIG CHECKPOINT --out' in message
     assert 'refusing posix.system' in refused(exact, str(tmp_path / 'exploit.pkl'))
+    assert not (tmp_path / 'pwned_marker').exists()
     assert 'holds no detections of the form' in refused(exact, _dump([dict(img_id=1)], tmp_path / 'odd.pkl'))
     many_classes = _coco_predictions(tiny_shapes)
     many_classes[0]['pred_instances']['labels'][:] = 80
@@ -235,9 +230,11 @@ def test_predictions_files_load_tensors_arrays_and_plain_values_only(tmp_path):
     loaded = load_predictions_file(_dump(contents, tmp_path / 'ok.pkl'))
     assert loaded[0]['scale_factor'] == (0.5, 2.0) and loaded[0]['flags'].tolist() == [1, 2]
     torch.testing.assert_close(loaded[0]['pred_instances']['bboxes'], contents[0]['pred_instances']['bboxes'])
-    for bad in ([collections.Counter(a=1)], [_Exploit()]):  # an object of another class, a call
+    # an object of another class, a call
+    for bad in ([collections.Counter(a=1)], [PickledCode(tmp_path / 'pwned_marker')]):
         with pytest.raises(ValueError, match='refusing'):
             load_predictions_file(_dump(bad, tmp_path / 'bad.pkl'))
+    assert not (tmp_path / 'pwned_marker').exists()
     (tmp_path / 'cut.pkl').write_bytes((tmp_path / 'ok.pkl').read_bytes()[:40])
     with pytest.raises(ValueError, match='cut.pkl is not a readable predictions file'):
         load_predictions_file(str(tmp_path / 'cut.pkl'))

@@ -22,7 +22,7 @@ from projects.acouplenet.fileio import AtomicLocalBackend, atomic_write
 from projects.acouplenet.roi_extractors import GatherRoIAlign, RangeMaxRoIPool
 from projects.acouplenet.safe_loading import assert_checkpoint_fits
 
-from .conftest import SHAPES_CONFIG, make_sample, shrink_model_cfg, tiny_train_cfg
+from .conftest import SHAPES_CONFIG, PickledCode, make_sample, shrink_model_cfg, tiny_train_cfg
 
 
 @pytest.fixture()
@@ -218,14 +218,10 @@ def test_checkpoint_of_another_model_is_reported(tmp_path):
     assert_checkpoint_fits(model, str(tmp_path / 'own.pth'))
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.system, ('touch pwned_marker',))
-
-
 def test_checkpoints_with_arbitrary_objects_are_refused(tmp_path):
     from mmengine.runner import load_checkpoint
-    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=_Payload()), tmp_path / 'evil.pth')
+    code = PickledCode(tmp_path / 'pwned_marker')
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=code), tmp_path / 'evil.pth')
     with pytest.raises(pickle.UnpicklingError, match='(?s)Weights only load failed.*GLOBAL posix.system'):
         load_checkpoint(torch.nn.Linear(1, 1), str(tmp_path / 'evil.pth'))
     assert not (tmp_path / 'pwned_marker').exists() and not os.path.exists('pwned_marker')
@@ -253,7 +249,8 @@ def test_unreadable_checkpoints_are_named_with_what_is_wrong(tmp_path):
                          ('empty', 'empty, truncated or corrupt'), ('text', 'corrupt or another format')):
         with pytest.raises(ValueError, match=f'{name}\\.pth is not a readable PyTorch checkpoint \\({reason}'):
             load_checkpoint_file(str(tmp_path / f'{name}.pth'))
-    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=_Payload()), tmp_path / 'evil.pth')
+    code = PickledCode(tmp_path / 'pwned_marker')
+    torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=code), tmp_path / 'evil.pth')
     with pytest.raises(pickle.UnpicklingError, match=r'evil\.pth holds pickled objects that safe loading refuses '
                                                      r'\(.*GLOBAL posix\.system.*\): only tensors') as info:
         load_checkpoint_file(str(tmp_path / 'evil.pth'))
