@@ -230,6 +230,10 @@ def test_the_tools_and_det_inferencer_take_a_checkpoint_url(server, shapes_check
     result = DetInferencer(model=str(SHAPES_CONFIG), weights=url, device='cpu', show_progress=False)(shapes_images[0])
     assert len(result['predictions'][0]['bboxes']) > 0
     assert _Handler.requests.count('/shapes.pth') == 1
+    with pytest.raises(SystemExit, match=r'^error: .*/missing\.pth: HTTP 404 .*check the URL'):
+        load_tool('demo').main(shapes_images[:1] + ['--config', str(SHAPES_CONFIG), '--checkpoint',
+                                                    f'{server}/missing.pth', '--out', str(tmp_path / 'no.png')])
+    assert not (tmp_path / 'no.png').exists()
     with pytest.raises(SystemExit, match=r'checkpoint .*missing\.pth not found'):
         load_tool('test').main([str(SHAPES_CONFIG), str(tmp_path / 'missing.pth')])
 

@@ -45,11 +45,12 @@ def main(argv=None):
                  'or pass --data-root)')
 
     from projects.acouplenet.fileio import atomic_write
+    from projects.acouplenet.model_zoo import ChecksumError, DownloadError
     from projects.acouplenet.safe_loading import init_detector_strict
     from projects.acouplenet.visualization import attention_by_object_size
     try:
         model = init_detector_strict(args.config, args.checkpoint, device=args.device)
-    except ValueError as exc:
+    except (ValueError, ChecksumError, DownloadError) as exc:  # (the last two: a checkpoint URL)
         sys.exit(f'error: {exc}')
     if not getattr(model.backbone, 'attention_blocks', None):
         sys.exit(f'error: {args.config} has no attention blocks (attention_stages=()): nothing to measure')

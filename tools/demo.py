@@ -42,12 +42,13 @@ def main(argv=None):
     if any(osp.exists(args.out) and osp.samefile(args.out, p) for p in local_files):
         sys.exit(f'error: --out {args.out} is one of the inputs and would be overwritten; choose another --out')
 
+    from projects.acouplenet.model_zoo import ChecksumError, DownloadError
     from projects.acouplenet.safe_loading import init_detector_strict
     from projects.acouplenet.visualization import attention_figure
     try:
         model = init_detector_strict(args.config, args.checkpoint, device=args.device)
         out = attention_figure(model, args.images, args.out, score_thr=args.score_thr)
-    except ValueError as exc:
+    except (ValueError, ChecksumError, DownloadError) as exc:  # (the last two: a checkpoint URL)
         sys.exit(f'error: {exc}')
     print(out)
     return out
