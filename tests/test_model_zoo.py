@@ -123,7 +123,7 @@ def test_download_by_model_name(server, tmp_path, capsys):
         model_zoo.download_model('unhashed', str(tmp_path / 'dl'), index)
     with pytest.raises(model_zoo.DownloadError, match='no released checkpoint'):
         model_zoo.download_model('paper-only', str(tmp_path / 'dl'), index)
-    with pytest.raises(KeyError, match="did you mean good"):
+    with pytest.raises(KeyError, match=r"model-index.yml. Did you mean good\? Known models: .*good"):
         model_zoo.download_model('goood', str(tmp_path / 'dl'), index)
 
 

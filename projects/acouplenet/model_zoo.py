@@ -67,8 +67,8 @@ def find_model(name: str, model_index: str = MODEL_INDEX) -> dict:
     if name not in models:
         import difflib
         close = difflib.get_close_matches(name, list(models), n=3)
-        hint = f'; did you mean {", ".join(close)}?' if close else ''
-        raise KeyError(f'no model named {name!r} in {model_index}{hint} Known models: {", ".join(sorted(models))}')
+        hint = f'Did you mean {", ".join(close)}? ' if close else ''
+        raise KeyError(f'no model named {name!r} in {model_index}. {hint}Known models: {", ".join(sorted(models))}')
     return models[name]
 
 
