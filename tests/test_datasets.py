@@ -258,6 +258,10 @@ def test_missing_sbd_file_names_the_converter(tmp_path, voc_sbd):
     root, _, _ = voc_sbd
     with pytest.raises(FileNotFoundError, match='sbd_to_masks.py'):
         _train_dataset(BASES / 'voc0712_sbd.py', root)
+    # A wrong data_root is named first, not taken for a missing SBD file.
+    with pytest.raises(FileNotFoundError, match=r"VOCSBDDataset: ann_file \S*/elsewhere/VOC2007/ImageSets/Main/"
+                                                r"trainval.txt not found \(data_root .*data_root=DIR"):
+        _train_dataset(BASES / 'voc0712_sbd.py', tmp_path / 'elsewhere')
 
 
 def test_sbd_converter_lists_the_instances_it_leaves_out(tmp_path):

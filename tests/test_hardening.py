@@ -92,6 +92,12 @@ def test_a_pipeline_error_on_a_good_image_is_not_taken_for_a_bad_image(tmp_path,
     assert not logged
 
 
+def test_a_missing_annotation_file_says_where_the_data_goes(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"CheckedCocoDataset: ann_file \S*/nothere.json not found \(data_root "
+                                                r".*README's \"Data\" paragraph.*tools/generate_shapes.py DIR"):
+        _dataset(tmp_path, 'nothere.json', LOAD_IMAGE)
+
+
 def test_truncated_png_is_caught(tmp_path):
     path = tmp_path / 'a.png'
     cv2.imwrite(str(path), np.zeros((40, 40, 3), np.uint8))

@@ -115,6 +115,7 @@ class CheckedDatasetMixin:
         super().__init__(*args, **kwargs)
 
     def load_data_list(self) -> List[dict]:
+        self.check_ann_file()
         data_list = super().load_data_list()
         if self.test_mode:
             return data_list
@@ -129,6 +130,16 @@ class CheckedDatasetMixin:
                       f'usable instance mask (none, or polygons with fewer than 3 points); their boxes stand in as '
                       f'their masks (attention targets)', logger='current', level=logging.WARNING)
         return data_list
+
+    def check_ann_file(self) -> None:
+        """Raise a ``FileNotFoundError`` that says what to do when ``ann_file`` is missing: what a newcomer
+        meets first, where mmdet's loaders name the file but not the fix."""
+        if self.ann_file and not fileio.exists(self.ann_file, backend_args=self.backend_args):
+            raise FileNotFoundError(
+                f'{type(self).__name__}: ann_file {self.ann_file} not found (data_root {self.data_root!r}); put the '
+                f'dataset there or set the config\'s data_root, e.g. --cfg-options '
+                f'train_dataloader.dataset.data_root=DIR. COCO, VOC and SBD: the README\'s "Data" paragraph; '
+                f'the generated shapes dataset: python tools/generate_shapes.py DIR')
 
     def prepare_data(self, idx: int) -> Any:
         data_info = self.get_data_info(idx)
@@ -245,6 +256,7 @@ class VOCSBDDataset(CheckedDatasetMixin, VOCDataset):
             self.sbd_ann_file = osp.join(self.data_root, self.sbd_ann_file)
 
     def load_data_list(self) -> List[dict]:
+        self.check_ann_file()  # before SBD's file: a wrong data_root is the likelier mistake
         self._sbd = load_sbd_instances(self.sbd_ann_file, self.backend_args) if self.sbd_ann_file else {}
         self._sbd_matches = Counter()
         data_list = super().load_data_list()
