@@ -98,6 +98,17 @@ def test_a_missing_annotation_file_says_where_the_data_goes(tmp_path):
         _dataset(tmp_path, 'nothere.json', LOAD_IMAGE)
 
 
+@pytest.mark.parametrize('test_mode', [False, True])
+def test_a_missing_image_folder_stops_at_once_naming_it(tmp_path, logged, test_mode):
+    # A wrong data_prefix: not a bad image to skip (and to skip again, until mmengine gives up after 1000 tries).
+    images = [dict(id=1, file_name='wrong/a.jpg', height=60, width=80)]
+    dataset = _dataset(tmp_path, _coco(tmp_path, images, []), LOAD_IMAGE, test_mode=test_mode)
+    with pytest.raises(FileNotFoundError, match=r"image folder \S*/wrong does not exist \(for \S*/wrong/a.jpg\); set "
+                                                r"the config's data_root and data_prefix"):
+        dataset[0]
+    assert not logged
+
+
 def test_truncated_png_is_caught(tmp_path):
     path = tmp_path / 'a.png'
     cv2.imwrite(str(path), np.zeros((40, 40, 3), np.uint8))

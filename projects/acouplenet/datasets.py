@@ -98,7 +98,9 @@ class CheckedDatasetMixin:
       dataset logs a warning naming the file and draws another image (mmengine
       retries items whose pipeline returns None); in testing, or with
       ``skip_bad_images=False``, a ``ValueError`` names the file and the fix.
-      A pipeline error on an image that decodes is re-raised as it is.
+      A pipeline error on an image that decodes is re-raised as it is. A
+      missing annotation file or image folder (a wrong ``data_root`` or
+      ``data_prefix``) raises a ``FileNotFoundError`` in either mode.
     * In training, an object whose instance mask is missing or unusable
       (polygons with fewer than 3 points, which mmdet's ``LoadAnnotations``
       would turn into an ignored object) gets its box as its mask: the
@@ -141,6 +143,15 @@ class CheckedDatasetMixin:
                 f'train_dataloader.dataset.data_root=DIR. COCO, VOC and SBD: the README\'s "Data" paragraph; '
                 f'the generated shapes dataset: python tools/generate_shapes.py DIR')
 
+    def check_image_folder(self, path: str) -> None:
+        """Raise a ``FileNotFoundError`` when a local image's folder does not exist: a wrong ``data_prefix``
+        or ``data_root``, which would otherwise be skipped image by image until mmengine gives up."""
+        folder = osp.dirname(path)
+        if isinstance(fileio.get_file_backend(path, backend_args=self.backend_args), fileio.LocalBackend) \
+                and not osp.isdir(folder):
+            raise FileNotFoundError(f'{type(self).__name__}: image folder {folder} does not exist (for {path}); set '
+                                    f'the config\'s data_root and data_prefix so that they lead to the images')
+
     def prepare_data(self, idx: int) -> Any:
         data_info = self.get_data_info(idx)
         path = data_info.get('img_path')
@@ -154,6 +165,8 @@ class CheckedDatasetMixin:
                 problem = read_problem(path, self.backend_args)
                 if problem is None:
                     raise  # the image is fine: the error is another transform's
+        if problem == 'does not exist':
+            self.check_image_folder(path)
         if self.test_mode or not self.skip_bad_images:
             raise ValueError(f'image {path} {problem}: replace the file or remove it from the annotation file')
         print_log(f'{type(self).__name__}: skipping {path}: the file {problem}; the dataset draws another image. '
