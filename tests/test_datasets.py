@@ -15,6 +15,7 @@ from mmdet.evaluation import VOCMetric
 from mmdet.registry import DATASETS, MODELS
 from projects.acouplenet import attention_targets
 from projects.acouplenet.runtime import set_coco_data_root
+from projects.acouplenet.shapes import CLASSES as SHAPES_CLASSES
 
 from .conftest import REPO, shrink_model_cfg, tiny_train_cfg, write_voc_image
 
@@ -36,8 +37,7 @@ def test_coco_masks_feed_the_attention_targets(tiny_shapes):
     """The paper's COCO pipeline on a COCO-format dataset with masks (the generated one)."""
     dataset = _train_dataset(BASES / 'coco_instance_ms.py', tiny_shapes, ann_file='annotations/instances_train.json',
                              data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True),
-                             metainfo=dict(classes=('face-ellipse', 'face-box', 'face-triangle', 'cross-ellipse',
-                                                    'cross-box', 'cross-triangle')))
+                             metainfo=dict(classes=SHAPES_CLASSES))
     shorter, longer = set(), []
     for i in range(len(dataset)):
         item = dataset[i]

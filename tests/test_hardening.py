@@ -139,6 +139,29 @@ def test_dataset_draws_another_image_when_one_is_corrupt(tmp_path, logged):
     assert any('bad.jpg' in m and 'skipping' in m for m in logged)
 
 
+def test_class_names_that_do_not_follow_the_coco_file_are_refused(tmp_path):
+    images = [dict(id=1, file_name='a.jpg', height=60, width=80)]
+    box = dict(id=1, image_id=1, category_id=2, bbox=[5, 5, 20, 20], area=400, iscrowd=0)  # a face-box
+    ann_file = _coco(tmp_path, images, [box])  # categories: face-ellipse (id 1), face-box (id 2)
+
+    def labels(dataset_type, classes):
+        dataset = DATASETS.build(dict(type=dataset_type, data_root=str(tmp_path), ann_file=ann_file,
+                                      data_prefix=dict(img=''), metainfo=dict(classes=classes), pipeline=[]))
+        return [classes[instance['bbox_label']] for instance in dataset.get_data_info(0)['instances']]
+
+    # Why: mmdet labels by the file's order and names by the config's, silently.
+    assert labels('CocoDataset', ('face-box', 'face-ellipse')) == ['face-ellipse']
+    assert labels('CocoDataset', ('face-elipse', 'face-box')) == ['face-elipse']
+    with pytest.raises(ValueError, match=r"ann.json lists these categories in another order: .* list the classes "
+                                         r"as face-ellipse, face-box \(metainfo=dict\(classes=...\) in the config\)"):
+        labels('CheckedCocoDataset', ('face-box', 'face-ellipse'))
+    with pytest.raises(ValueError, match=r"ann.json has no category named 'face-elipse': .* name the classes as the "
+                                         r"file does: face-ellipse, face-box"):
+        labels('CheckedCocoDataset', ('face-elipse', 'face-box'))
+    assert labels('CheckedCocoDataset', ('face-ellipse', 'face-box')) == ['face-box']
+    assert labels('CheckedCocoDataset', ('face-box', )) == ['face-box']  # a subset, in the file's order
+
+
 def test_dataset_reports_the_annotations_it_drops(tmp_path, logged):
     _jpeg(tmp_path / 'a.jpg')
     anns = [

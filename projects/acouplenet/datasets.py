@@ -20,6 +20,7 @@ from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 
 from mmdet.datasets import CocoDataset, VOCDataset
+from mmdet.datasets.api_wrappers import COCO
 from mmdet.registry import DATASETS
 
 SBD_FORMAT = 'acouplenet-sbd-instances-v1'
@@ -190,6 +191,29 @@ def coco_drop_reason(ann: dict, img_info: dict, cat_ids) -> Optional[str]:
     return None
 
 
+def class_order_problem(classes, category_names) -> Optional[str]:
+    """Why a config's ``classes`` would be labelled wrongly from a COCO file's categories, or None.
+
+    mmdet's ``CocoDataset`` labels objects by the position of their category
+    among the file's categories that ``classes`` names, in the file's order
+    (pycocotools' ``getCatIds``), while the detections are named by the
+    position in ``classes``: a misspelt class shifts the labels of those
+    after it, and another order swaps names, silently in both cases. (Its
+    ``CocoMetric`` pairs the two alike, so AP alone would not show it.)
+    """
+    unknown = [name for name in classes if name not in category_names]
+    if unknown:
+        it = 'it' if len(unknown) == 1 else 'them'
+        return (f'has no category named {", ".join(map(repr, unknown))}: mmdet would skip {it} and give the '
+                f'classes after {it} the labels, and so the names, of earlier ones; name the classes as the file does: '
+                f'{", ".join(category_names)}')
+    labelled = [name for name in category_names if name in classes]
+    if labelled != list(classes):
+        return (f'lists these categories in another order: mmdet labels objects in the file\'s order, so the '
+                f'detections would carry the wrong names; list the classes as {", ".join(labelled)}')
+    return None
+
+
 @DATASETS.register_module()
 class CheckedCocoDataset(CheckedDatasetMixin, CocoDataset):
     """mmdet's :class:`CocoDataset` that says which annotations it drops and why.
@@ -211,6 +235,16 @@ class CheckedCocoDataset(CheckedDatasetMixin, CocoDataset):
             print_log(f'{type(self).__name__} ({self.ann_file}): dropped {sum(self._dropped.values())} annotation(s): '
                       f'{reasons}; e.g. {"; ".join(self._examples)}', logger='current', level=logging.WARNING)
         return data_list
+
+    def COCOAPI(self, path: str) -> COCO:  # noqa: N802  (mmdet's name: it calls self.COCOAPI(local_path))
+        """mmdet's COCO API on the annotation file, whose categories must fit the config's classes
+        (:func:`class_order_problem`: a ``ValueError`` otherwise)."""
+        coco = COCO(path)
+        problem = class_order_problem(self.metainfo['classes'], [c['name'] for c in coco.dataset.get('categories', [])])
+        if problem:
+            raise ValueError(f'{type(self).__name__}: {self.ann_file} {problem} (metainfo=dict(classes=...) in the '
+                             f'config)')
+        return coco
 
     def parse_data_info(self, raw_data_info: dict) -> Union[dict, List[dict]]:
         img_info = raw_data_info['raw_img_info']
