@@ -254,6 +254,21 @@ def test_voc_batch_trains_acouplenet_with_sbd_masks(voc_sbd, tmp_path):
     assert all(torch.isfinite(v).all() for k, v in losses.items() if k.startswith('loss_att'))
 
 
+def test_voc_objects_whose_names_are_not_classes_are_counted_in_a_log_line(voc_sbd, monkeypatch):
+    from mmdet.datasets import VOCDataset
+    from projects.acouplenet import datasets as datasets_module
+    logged = []
+    monkeypatch.setattr(datasets_module, 'print_log', lambda msg, **kw: logged.append(msg))
+    root, _, _ = voc_sbd
+    misspelt = tuple('dgo' if name == 'dog' else name for name in VOCDataset.METAINFO['classes'])
+    dataset = _train_dataset(BASES / 'voc0712_sbd.py', root, sbd_ann_file=None, metainfo=dict(classes=misspelt))
+    assert sum(len(dataset.get_data_info(i)['instances']) for i in range(len(dataset))) == 3  # the dog left out
+    assert [m.split('): ')[1] for m in logged if 'left out' in m] == [
+        "left out 1 object(s) whose name is not one of the classes: dog (1); check metainfo=dict(classes=...) "
+        "against the XML files' <name>s if they should count"]
+    assert 'VOC2007' in [m for m in logged if 'left out' in m][0]
+
+
 def test_missing_sbd_file_names_the_converter(tmp_path, voc_sbd):
     root, _, _ = voc_sbd
     with pytest.raises(FileNotFoundError, match='sbd_to_masks.py'):

@@ -280,7 +280,10 @@ class VOCSBDDataset(CheckedDatasetMixin, VOCDataset):
     Each XML object is matched to the SBD instance of the same class with the
     highest box IoU (at least ``match_iou``, one-to-one); matched objects get
     the SBD mask as a COCO RLE in ``instance['mask']``, the others their box
-    (:class:`CheckedDatasetMixin`, which also handles bad images).
+    (:class:`CheckedDatasetMixin`, which also handles bad images). Objects
+    whose name is not among the classes, which mmdet leaves out without a
+    word, are counted in a log line (a misspelt class name would otherwise
+    train on nothing, unnoticed).
 
     Args:
         sbd_ann_file (str, optional): The converter's JSON, relative to
@@ -295,6 +298,7 @@ class VOCSBDDataset(CheckedDatasetMixin, VOCDataset):
         self.match_iou = match_iou
         self._sbd: Dict[str, dict] = {}
         self._sbd_matches = Counter()
+        self._unknown_names = Counter()
         super().__init__(**kwargs)
 
     def _join_prefix(self):
@@ -306,7 +310,9 @@ class VOCSBDDataset(CheckedDatasetMixin, VOCDataset):
         self.check_ann_file()  # before SBD's file: a wrong data_root is the likelier mistake
         self._sbd = load_sbd_instances(self.sbd_ann_file, self.backend_args) if self.sbd_ann_file else {}
         self._sbd_matches = Counter()
+        self._unknown_names = Counter()
         data_list = super().load_data_list()
+        self._log_unknown_names()
         if self.sbd_ann_file:
             objects = sum(len(info['instances']) for info in data_list)
             print_log(f'VOCSBDDataset ({self.ann_file}): SBD masks for {self._sbd_matches["objects"]} of {objects} '
@@ -314,6 +320,20 @@ class VOCSBDDataset(CheckedDatasetMixin, VOCDataset):
                       logger='current', level=logging.INFO)
         self._sbd = {}
         return data_list
+
+    def _log_unknown_names(self) -> None:
+        """A warning that counts the objects left out because their names are not among the classes."""
+        if self._unknown_names:
+            names = ', '.join(f'{name} ({n})' for name, n in self._unknown_names.most_common())
+            print_log(f'VOCSBDDataset ({self.ann_file}): left out {sum(self._unknown_names.values())} object(s) whose '
+                      f'name is not one of the classes: {names}; check metainfo=dict(classes=...) against the '
+                      f'XML files\' <name>s if they should count', logger='current', level=logging.WARNING)
+
+    def _parse_instance_info(self, raw_ann_info, minus_one: bool = True) -> List[dict]:
+        classes = self._metainfo['classes']
+        self._unknown_names.update(name for name in (obj.findtext('name') for obj in raw_ann_info.findall('object'))
+                                   if name not in classes)
+        return super()._parse_instance_info(raw_ann_info, minus_one)
 
     def parse_data_info(self, img_info: dict) -> Union[dict, List[dict]]:
         data_info = super().parse_data_info(img_info)
