@@ -522,6 +522,11 @@ def test_train_names_a_cut_checkpoint_to_resume_from_before_building_anything(tm
     train.check_resume_checkpoint(Config(dict(work_dir=str(cut.parent), resume=True, load_from=str(whole))))
     train.check_resume_checkpoint(Config(dict(work_dir=str(tmp_path / 'new'), resume=True)))  # starts afresh
     assert sorted(p.name for p in cut.parent.iterdir()) == ['iter_4.pth', 'last_checkpoint']
+    # A whole checkpoint of another model: named with what does not fit once the model is built, where
+    # mmengine would warn and then stop on the optimizer state's parameter groups.
+    with pytest.raises(SystemExit, match=r'cannot resume: checkpoint .*whole\.pth does not fit the model of .*shapes'
+                                         r'\.py \(0 weights match\):\n(.|\n)*not in the model: w\n'):
+        train.main([str(SHAPES_CONFIG), '--resume', str(whole), '--work-dir', str(tmp_path / 'foreign')])
 
 
 def test_loss_decreases_when_overfitting_a_few_images(tmp_path, tiny_shapes):
@@ -583,11 +588,14 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path, tiny_shapes):
 
     # torch >= 2.6 loads weights_only: this resume exercises the allow-list of mmengine's types, as does
     # tools/train.py's check of the work dir's latest checkpoint (--resume without a value).
-    load_tool('train').check_resume_checkpoint(Config(dict(work_dir=str(tmp_path / 'cut'), resume=True)))
+    train = load_tool('train')
+    path, loaded = train.check_resume_checkpoint(Config(dict(work_dir=str(tmp_path / 'cut'), resume=True)))
     cfg = _resume_cfg(tiny_shapes, tmp_path / 'cut', 'resumed')
     cfg.resume = True
     cfg.load_from = str(tmp_path / 'cut' / 'iter_3.pth')
     resumed = Runner.from_cfg(cfg)
+    assert path == cfg.load_from
+    train.check_resume_fits(resumed, path, loaded, 'the config')  # the model's own checkpoint fits
     resumed.train()
     assert resumed.iter == 6
     weights = resumed.model.state_dict()

@@ -9,6 +9,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+from typing import Optional, Tuple
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
@@ -16,7 +17,8 @@ from mmengine.runner import Runner, find_latest_checkpoint
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # the repo root, for `projects`
 from projects.acouplenet.runtime import init_cpu_distributed, prepare_cfg, set_work_dir  # noqa: E402
-from projects.acouplenet.safe_loading import is_checkpoint_url, load_checkpoint_file  # noqa: E402
+from projects.acouplenet.safe_loading import (assert_checkpoint_fits, is_checkpoint_url,  # noqa: E402
+                                              load_checkpoint_file)
 
 
 def parse_args(argv=None):
@@ -40,30 +42,44 @@ def parse_args(argv=None):
     return args
 
 
-def check_resume_checkpoint(cfg, from_cli: bool = False) -> None:
+def check_resume_checkpoint(cfg, from_cli: bool = False) -> Optional[Tuple[str, dict]]:
     """Refuse, before anything is built, a checkpoint to resume from that is missing or unreadable.
 
     mmengine would fail on it only after building the runner, with torch's
     zip-reader error or its advice to load unsafely. Reads the file once more
     (seconds, once per run); a URL is left to mmengine. ``from_cli``: the path
     came from ``--resume PATH`` rather than the config's own ``load_from``.
+
+    Returns:
+        The checkpoint's path and contents, for
+        :func:`check_resume_fits` once the model is built; None where there
+        is nothing to check.
     """
     auto = cfg.get('load_from') is None  # mmengine resumes from the work dir's last_checkpoint then
     if auto and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
-        return  # no checkpoint yet: mmengine logs it and starts afresh
+        return None  # no checkpoint yet: mmengine logs it and starts afresh
     path = find_latest_checkpoint(cfg.work_dir) if auto else cfg.load_from
     if not path or is_checkpoint_url(path):
-        return
+        return None
     named = (f'{path}, the latest checkpoint of the work dir (named in {osp.join(cfg.work_dir, "last_checkpoint")})'
              if auto else f'--resume {path}' if from_cli else f'load_from={path} of the config (resume=True)')
     if not osp.isfile(path):
         raise SystemExit(f'{named}: checkpoint not found (--resume without a value resumes from the latest '
                          f'checkpoint of the work dir, --resume PATH from another)')
     try:
-        load_checkpoint_file(path)
+        return path, load_checkpoint_file(path)
     except ValueError as exc:
         raise SystemExit(f'cannot resume from {named}: {exc}. Resume from an earlier checkpoint of the work dir '
                          f'with --resume PATH') from exc
+
+
+def check_resume_fits(runner, path: str, loaded: dict, config: str) -> None:
+    """Refuse to resume from another model's checkpoint: mmengine would load what fits, warn, and then stop
+    on the optimizer state with "loaded state dict contains a parameter group that doesn't match"."""
+    try:
+        assert_checkpoint_fits(runner.model, path, config, loaded=loaded)
+    except ValueError as exc:
+        raise SystemExit(f'cannot resume: {exc}') from exc
 
 
 def main(argv=None):
@@ -85,11 +101,14 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    if cfg.get('resume', False):
-        check_resume_checkpoint(cfg, from_cli=args.resume not in (None, 'auto'))
+    resume_from = check_resume_checkpoint(cfg, from_cli=args.resume not in (None, 'auto')) if cfg.get('resume') \
+        else None
     prepare_cfg(cfg, amp=args.amp)
     init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if resume_from is not None:
+        check_resume_fits(runner, *resume_from, args.config)
+        del resume_from  # (mmengine reads the checkpoint again to resume: one copy in memory at a time)
     runner.train()
     return runner
 
