@@ -262,7 +262,9 @@ def test_checkpoints_with_arbitrary_objects_are_refused(tmp_path):
     from mmengine.runner import load_checkpoint
     code = PickledCode(tmp_path / 'pwned_marker')
     torch.save(dict(state_dict={'w': torch.zeros(1)}, meta=code), tmp_path / 'evil.pth')
-    with pytest.raises(pickle.UnpicklingError, match='(?s)Weights only load failed.*GLOBAL posix.system'):
+    # mmengine's own loading (load_from, resume, init_detector) refuses it too, through the project's loader.
+    with pytest.raises(pickle.UnpicklingError, match=r'evil\.pth holds pickled objects that safe loading refuses '
+                                                     r'\(.*GLOBAL posix\.system'):
         load_checkpoint(torch.nn.Linear(1, 1), str(tmp_path / 'evil.pth'))
     assert not (tmp_path / 'pwned_marker').exists() and not os.path.exists('pwned_marker')
 
@@ -297,6 +299,12 @@ def test_unreadable_checkpoints_are_named_with_what_is_wrong(tmp_path):
     assert 'weights_only` set to `False`' not in str(info.value)  # no advice to turn the safety off
     assert isinstance(info.value, ValueError)  # what the tools report in one line
     assert not (tmp_path / 'pwned_marker').exists() and not os.path.exists('pwned_marker')
+    # So does mmengine wherever it loads a local checkpoint (its loader would pass torch's errors on).
+    from mmengine.runner import load_checkpoint
+    with pytest.raises(ValueError, match=r'cut\.pth is not a readable PyTorch checkpoint \(empty, truncated'):
+        load_checkpoint(torch.nn.Linear(1, 1), str(tmp_path / 'cut.pth'))
+    with pytest.raises(FileNotFoundError, match=r'checkpoint \S*missing\.pth not found'):
+        load_checkpoint(torch.nn.Linear(1, 1), str(tmp_path / 'missing.pth'))
     # The tools say it in one line and write nothing.
     for name in ('cut', 'evil'):
         with pytest.raises(SystemExit, match=f'error: .*{name}\\.pth (is not a readable|holds pickled objects)'):

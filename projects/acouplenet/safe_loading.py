@@ -10,12 +10,15 @@ those data types to torch's allow-list, and lets ``getattr`` resolve only
 HistoryBuffer's statistics methods (a general ``getattr`` would reach, say,
 ``ndarray.tofile``). Anything else in a checkpoint (an arbitrary class, a
 function to call) is still refused. Importing ``projects.acouplenet`` (every
-config does) calls it. :func:`load_predictions_file` loads the prediction
-pickles of ``tools/test.py --out`` under the same rule.
+config does) calls it, and :func:`use_safe_local_loading`, so that a bad
+local checkpoint is named with what is wrong wherever mmengine loads it.
+:func:`load_predictions_file` loads the prediction pickles of
+``tools/test.py --out`` under the same rule.
 """
 import copy
 import io
 import logging
+import os.path as osp
 import pickle
 import warnings
 from typing import List, Optional, Union
@@ -109,6 +112,22 @@ def load_checkpoint_file(path: str, map_location='cpu'):
     except (RuntimeError, EOFError) as exc:  # the zip reader's errors on a cut file; EOFError on an empty one
         raise ValueError(f'{path} is not a readable PyTorch checkpoint (empty, truncated or corrupt: '
                          f'{str(exc).split(". ")[0] or type(exc).__name__}); download or copy it again') from exc
+
+
+def load_local_checkpoint(filename: str, map_location=None):
+    """mmengine's loader of local checkpoint files (``CheckpointLoader``'s scheme ``''``), with
+    :func:`load_checkpoint_file`'s errors in place of torch's zip-reader error or its advice to load unsafely."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint {filename} not found')
+    return load_checkpoint_file(filename, map_location)
+
+
+def use_safe_local_loading() -> None:
+    """Load the local checkpoints mmengine reads (``load_from``, resume, ``init_detector``,
+    ``DetInferencer(weights=...)``) with :func:`load_local_checkpoint` (idempotent)."""
+    from mmengine.runner import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
 
 
 class PredictionsUnpickler(pickle.Unpickler):
@@ -210,7 +229,6 @@ def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> t
     from mmdet.apis import init_detector
     from mmengine.config import Config
     cfg = Config.fromfile(config)
-    loaded = load_checkpoint_file(checkpoint)
     # mmdet's "use COCO classes by default" would contradict the names set below; it calls
     # warnings.simplefilter('once') right before warning, which overrides an 'ignore' filter, so the
     # warnings are recorded and all others re-issued.
@@ -221,6 +239,9 @@ def init_detector_strict(config: str, checkpoint: str, device: str = 'cpu') -> t
         if not str(caught_warning.message).startswith('dataset_meta or class names are not saved'):
             warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
                                    caught_warning.lineno)
+    # Read again, after init_detector has let go of its copy (a bad file has stopped it with
+    # load_checkpoint_file's error): one copy of the weights besides the model's at a time.
+    loaded = load_checkpoint_file(checkpoint)
     assert_checkpoint_fits(model, checkpoint, config, loaded=loaded)
     meta = (loaded.get('meta') or {}) if isinstance(loaded, dict) else {}
     named_in_checkpoint = 'dataset_meta' in meta or 'CLASSES' in meta
