@@ -45,15 +45,14 @@ def parse_args(argv=None):
 def check_resume_checkpoint(cfg, from_cli: bool = False) -> Optional[Tuple[str, dict]]:
     """Refuse, before anything is built, a checkpoint to resume from that is missing or unreadable.
 
-    mmengine would fail on it only after building the runner, with torch's
-    zip-reader error or its advice to load unsafely. Reads the file once more
-    (seconds, once per run); a URL is left to mmengine. ``from_cli``: the path
-    came from ``--resume PATH`` rather than the config's own ``load_from``.
+    mmengine would fail on it only after building the runner, and without
+    saying where the path came from. Reads the file once more (seconds, once
+    per run); a URL is left to mmengine. ``from_cli``: the path came from
+    ``--resume PATH`` rather than the config's own ``load_from``.
 
     Returns:
-        The checkpoint's path and contents, for
-        :func:`check_resume_fits` once the model is built; None where there
-        is nothing to check.
+        The checkpoint's path and contents, for :func:`check_resume_fits` once
+        the model is built; None where there is nothing to check.
     """
     auto = cfg.get('load_from') is None  # mmengine resumes from the work dir's last_checkpoint then
     if auto and not osp.isfile(osp.join(cfg.work_dir, 'last_checkpoint')):
@@ -101,8 +100,9 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    resume_from = check_resume_checkpoint(cfg, from_cli=args.resume not in (None, 'auto')) if cfg.get('resume') \
-        else None
+    resume_from = None
+    if cfg.get('resume', False):
+        resume_from = check_resume_checkpoint(cfg, from_cli=args.resume not in (None, 'auto'))
     prepare_cfg(cfg, amp=args.amp)
     init_cpu_distributed(args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

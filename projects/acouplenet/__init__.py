@@ -4,8 +4,8 @@ Configs load it with ``custom_imports = dict(imports=['projects.acouplenet'])``.
 its modules in mmdet's registries, allow-lists mmengine's checkpoint types for ``weights_only`` loading
 (so ``--resume`` works on torch >= 2.6), names what is wrong with a bad local checkpoint wherever mmengine
 loads one, loads the checkpoints that mmengine names by URL with the same safe loading (mmengine would
-unpickle them unsafely), and makes mmengine's local file writes atomic (so a
-run killed while saving leaves its previous checkpoint whole).
+unpickle them unsafely), and makes mmengine's local file writes atomic (so a run killed while saving leaves
+its previous checkpoint whole).
 """
 from .acouplenet import ACoupleNet
 from .attention_backbone import AttentionBackbone, AttentionBlock, AttentionMixin, attention_maps, capture_attention
