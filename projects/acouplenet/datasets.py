@@ -166,8 +166,7 @@ class CheckedDatasetMixin:
                 problem = read_problem(path, self.backend_args)
                 if problem is None:
                     raise  # the image is fine: the error is another transform's
-        if problem == 'does not exist':
-            self.check_image_folder(path)
+        self.check_image_folder(path)  # a whole folder missing is a wrong data_prefix, not one bad image
         if self.test_mode or not self.skip_bad_images:
             raise ValueError(f'image {path} {problem}: replace the file or remove it from the annotation file')
         print_log(f'{type(self).__name__}: skipping {path}: the file {problem}; the dataset draws another image. '
